@@ -1,0 +1,2 @@
+//! Early init: mount the pseudo filesystems and report readiness.
+pub fn setup() {}

@@ -1,0 +1,6 @@
+//! sandbox-agent: PID 1 of the guest.
+mod init;
+
+fn main() {
+    init::setup();
+}

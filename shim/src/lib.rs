@@ -1,0 +1,1 @@
+//! Host controller shared by the `sandbox` CLI and the containerd shim.

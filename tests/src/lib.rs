@@ -1,0 +1,1 @@
+//! Test support shared by xtask and the integration tests: the lab host and guest artifacts.

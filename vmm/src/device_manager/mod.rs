@@ -1,0 +1,1 @@
+//! Device managers: place devices on buses, wire their interrupts and notifications.

@@ -1,0 +1,1 @@
+//! Legacy PC devices: 16550 serial, i8042 reset.
