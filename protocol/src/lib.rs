@@ -1,1 +1,38 @@
 //! The agent API (ttrpc over vsock) between the host controller and the agent.
+//! Generated messages and services, the well-known ports and the stdio stream header.
+
+/// Messages of proto/agent.proto (rust-protobuf).
+#[allow(
+    clippy::all,
+    dead_code,
+    missing_docs,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    unused_mut,
+    unused_results
+)]
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+
+/// The `Agent` service: a sync ttrpc client and the server trait with `create_agent`.
+#[allow(
+    clippy::all,
+    dead_code,
+    missing_docs,
+    non_camel_case_types,
+    non_snake_case,
+    unused_imports,
+    unused_results
+)]
+pub mod agent_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+
+pub mod stdio;
+
+/// The vsock port the agent serves the ttrpc API on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// The vsock port the agent accepts stdio streams on.
+pub const STDIO_VSOCK_PORT: u32 = 1025;
