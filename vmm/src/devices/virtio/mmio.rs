@@ -1,0 +1,698 @@
+//! The virtio-mmio transport (virtio 1.2, section 4.2), version 2 only: the register
+//! window a driver uses to negotiate features, configure queues and start a device.
+
+use std::sync::{Arc, Mutex};
+
+use tracing::{debug, warn};
+use virtio_queue::{Queue, QueueT};
+
+use super::features::VIRTIO_F_VERSION_1;
+use super::status::*;
+use super::{GuestMemoryMmap, IrqTrigger, VirtioDevice};
+use crate::devices::BusDevice;
+
+/// "virt" in little endian.
+pub const MMIO_MAGIC_VALUE: u32 = 0x7472_6976;
+/// Virtio 1.x (non-legacy) MMIO layout.
+pub const MMIO_VERSION: u32 = 2;
+/// Our vendor ID ("SBOX" would not fit the spirit; any value is allowed).
+pub const VENDOR_ID: u32 = 0x5342_4f58;
+/// Size of the register window of one device.
+pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
+/// Offset of the QueueNotify register, where the ioeventfds are registered.
+pub const NOTIFY_REG_OFFSET: u64 = 0x50;
+/// Offset where the device configuration space starts.
+pub const CONFIG_SPACE_OFFSET: u64 = 0x100;
+
+mod reg {
+    pub const MAGIC_VALUE: u64 = 0x00;
+    pub const VERSION: u64 = 0x04;
+    pub const DEVICE_ID: u64 = 0x08;
+    pub const VENDOR_ID: u64 = 0x0c;
+    pub const DEVICE_FEATURES: u64 = 0x10;
+    pub const DEVICE_FEATURES_SEL: u64 = 0x14;
+    pub const DRIVER_FEATURES: u64 = 0x20;
+    pub const DRIVER_FEATURES_SEL: u64 = 0x24;
+    pub const QUEUE_SEL: u64 = 0x30;
+    pub const QUEUE_NUM_MAX: u64 = 0x34;
+    pub const QUEUE_NUM: u64 = 0x38;
+    pub const QUEUE_READY: u64 = 0x44;
+    pub const QUEUE_NOTIFY: u64 = 0x50;
+    pub const INTERRUPT_STATUS: u64 = 0x60;
+    pub const INTERRUPT_ACK: u64 = 0x64;
+    pub const STATUS: u64 = 0x70;
+    pub const QUEUE_DESC_LOW: u64 = 0x80;
+    pub const QUEUE_DESC_HIGH: u64 = 0x84;
+    pub const QUEUE_DRIVER_LOW: u64 = 0x90;
+    pub const QUEUE_DRIVER_HIGH: u64 = 0x94;
+    pub const QUEUE_DEVICE_LOW: u64 = 0xa0;
+    pub const QUEUE_DEVICE_HIGH: u64 = 0xa4;
+    pub const SHM_SEL: u64 = 0xac;
+    pub const SHM_LEN_LOW: u64 = 0xb0;
+    pub const SHM_LEN_HIGH: u64 = 0xb4;
+    pub const CONFIG_GENERATION: u64 = 0xfc;
+}
+
+/// One virtio device behind its MMIO register window.
+pub struct MmioTransport {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<IrqTrigger>,
+    queues: Vec<Queue>,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    driver_status: u32,
+    config_generation: u32,
+}
+
+impl MmioTransport {
+    /// Wraps `device`; its queues start unconfigured.
+    pub fn new(
+        mem: GuestMemoryMmap,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+    ) -> std::io::Result<Self> {
+        let queues = Self::fresh_queues(&*device.lock().expect("virtio device poisoned"));
+        Ok(Self {
+            device,
+            mem,
+            interrupt: Arc::new(IrqTrigger::new()?),
+            queues,
+            queue_select: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            driver_status: 0,
+            config_generation: 0,
+        })
+    }
+
+    fn fresh_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
+        device
+            .queue_max_sizes()
+            .iter()
+            // Queue::new only fails for a max size that is zero, above 32768 or not a power of
+            // two; device implementations declare valid constants.
+            .map(|&max| Queue::new(max).expect("virtio device declares an invalid queue size"))
+            .collect()
+    }
+
+    /// The interrupt shared with the device (its eventfd is the irqfd).
+    pub fn interrupt(&self) -> &Arc<IrqTrigger> {
+        &self.interrupt
+    }
+
+    /// The device behind the transport.
+    pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
+        &self.device
+    }
+
+    /// The Status register.
+    pub fn driver_status(&self) -> u32 {
+        self.driver_status
+    }
+
+    /// Bumps ConfigGeneration; call when the device changes its configuration space.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+    }
+
+    fn locked_device(&self) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
+        self.device.lock().expect("virtio device poisoned")
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    /// Queue registers may only change while the driver sets the device up.
+    fn queue_config_allowed(&self) -> bool {
+        self.driver_status == ACKNOWLEDGE | DRIVER | FEATURES_OK
+    }
+
+    fn update_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        if !self.queue_config_allowed() {
+            warn!(
+                status = self.driver_status,
+                "virtio-mmio: queue register written outside set-up"
+            );
+            return;
+        }
+        if let Some(q) = self.selected_queue() {
+            f(q);
+        }
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        let queue = self.queues.get(self.queue_select as usize);
+        match offset {
+            reg::MAGIC_VALUE => MMIO_MAGIC_VALUE,
+            reg::VERSION => MMIO_VERSION,
+            reg::DEVICE_ID => self.locked_device().device_type(),
+            reg::VENDOR_ID => VENDOR_ID,
+            reg::DEVICE_FEATURES => {
+                let features = self.locked_device().avail_features();
+                match self.device_features_select {
+                    0 => features as u32,
+                    1 => (features >> 32) as u32,
+                    _ => 0,
+                }
+            }
+            reg::QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
+            reg::QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            reg::INTERRUPT_STATUS => self.interrupt.status(),
+            reg::STATUS => self.driver_status,
+            // No shared memory regions: a length of all ones means "absent".
+            reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH => u32::MAX,
+            reg::CONFIG_GENERATION => self.config_generation,
+            _ => {
+                debug!(
+                    offset,
+                    "virtio-mmio: read of an unknown or write-only register"
+                );
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        match offset {
+            reg::DEVICE_FEATURES_SEL => self.device_features_select = value,
+            reg::DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            reg::DRIVER_FEATURES => self.write_driver_features(value),
+            reg::QUEUE_SEL => self.queue_select = value,
+            reg::QUEUE_NUM => self.update_queue(|q| q.set_size(value as u16)),
+            reg::QUEUE_READY => self.update_queue(|q| q.set_ready(value == 1)),
+            reg::QUEUE_DESC_LOW => {
+                self.update_queue(|q| q.set_desc_table_address(Some(value), None))
+            }
+            reg::QUEUE_DESC_HIGH => {
+                self.update_queue(|q| q.set_desc_table_address(None, Some(value)))
+            }
+            reg::QUEUE_DRIVER_LOW => {
+                self.update_queue(|q| q.set_avail_ring_address(Some(value), None))
+            }
+            reg::QUEUE_DRIVER_HIGH => {
+                self.update_queue(|q| q.set_avail_ring_address(None, Some(value)))
+            }
+            reg::QUEUE_DEVICE_LOW => {
+                self.update_queue(|q| q.set_used_ring_address(Some(value), None))
+            }
+            reg::QUEUE_DEVICE_HIGH => {
+                self.update_queue(|q| q.set_used_ring_address(None, Some(value)))
+            }
+            reg::QUEUE_NOTIFY => self.notify_queue(value),
+            reg::INTERRUPT_ACK => self.interrupt.ack(value),
+            reg::STATUS => self.write_status(value),
+            reg::SHM_SEL => {}
+            _ => debug!(
+                offset,
+                value, "virtio-mmio: write to an unknown or read-only register"
+            ),
+        }
+    }
+
+    fn write_driver_features(&mut self, value: u32) {
+        if self.driver_status != ACKNOWLEDGE | DRIVER {
+            warn!(
+                status = self.driver_status,
+                "virtio-mmio: DriverFeatures written outside feature negotiation"
+            );
+            return;
+        }
+        let shift = match self.driver_features_select {
+            0 => 0,
+            1 => 32,
+            sel => {
+                warn!(sel, "virtio-mmio: DriverFeaturesSel out of range");
+                return;
+            }
+        };
+        self.driver_features &= !(0xffff_ffffu64 << shift);
+        self.driver_features |= u64::from(value) << shift;
+    }
+
+    /// The fallback path of a queue kick: KVM normally consumes QueueNotify writes through
+    /// the ioeventfds, but without them the write exits to us.
+    fn notify_queue(&mut self, index: u32) {
+        let device = self.locked_device();
+        match device.queue_events().get(index as usize) {
+            Some(evt) => {
+                if let Err(e) = evt.write(1) {
+                    warn!(index, error = %e, "virtio-mmio: cannot signal queue event");
+                }
+            }
+            None => warn!(
+                index,
+                "virtio-mmio: QueueNotify for a queue that does not exist"
+            ),
+        }
+    }
+
+    /// The driver status state machine (virtio 1.2, 3.1.1): each step adds one bit.
+    fn write_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        if value & FAILED != 0 {
+            self.driver_status |= FAILED;
+            return;
+        }
+        let current = self.driver_status;
+        let allowed = match (current, value) {
+            (0, ACKNOWLEDGE) => true,
+            (ACKNOWLEDGE, v) if v == ACKNOWLEDGE | DRIVER => true,
+            (c, v) if c == ACKNOWLEDGE | DRIVER && v == c | FEATURES_OK => self.accept_features(),
+            (c, v) if c == ACKNOWLEDGE | DRIVER | FEATURES_OK && v == c | DRIVER_OK => {
+                self.driver_status = value;
+                self.activate();
+                return;
+            }
+            _ => false,
+        };
+        if allowed {
+            self.driver_status = value;
+        } else if value != current {
+            warn!(
+                from = current,
+                to = value,
+                "virtio-mmio: invalid device status transition ignored"
+            );
+        }
+    }
+
+    /// FEATURES_OK: the driver must accept VERSION_1 and nothing the device does not offer.
+    fn accept_features(&mut self) -> bool {
+        let mut device = self.locked_device();
+        let offered = device.avail_features();
+        if self.driver_features & (1 << VIRTIO_F_VERSION_1) == 0 {
+            warn!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1");
+            return false;
+        }
+        if self.driver_features & !offered != 0 {
+            warn!(
+                extra = self.driver_features & !offered,
+                "virtio-mmio: driver accepted features the device does not offer"
+            );
+            return false;
+        }
+        device.set_acked_features(self.driver_features);
+        true
+    }
+
+    /// DRIVER_OK: hand the configured queues to the device.
+    fn activate(&mut self) {
+        for (i, q) in self.queues.iter().enumerate() {
+            if q.ready() && !q.is_valid(&self.mem) {
+                warn!(queue = i, "virtio-mmio: queue configuration is invalid");
+                self.needs_reset();
+                return;
+            }
+        }
+        let queues: Vec<Queue> = self
+            .queues
+            .iter()
+            .map(|q| {
+                Queue::try_from(q.state()).expect(
+                    "a queue whose configuration was validated converts back from its state",
+                )
+            })
+            .collect();
+        let result =
+            self.locked_device()
+                .activate(self.mem.clone(), self.interrupt.clone(), queues);
+        if let Err(e) = result {
+            warn!(error = %e, "virtio-mmio: device activation failed");
+            self.needs_reset();
+        }
+    }
+
+    /// The device hit an error it cannot recover from without a reset.
+    fn needs_reset(&mut self) {
+        self.driver_status |= DEVICE_NEEDS_RESET;
+        let _ = self.interrupt.trigger(super::IrqType::Config);
+    }
+
+    fn reset(&mut self) {
+        {
+            let mut device = self.locked_device();
+            if device.is_activated() {
+                device.reset();
+            }
+        }
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.interrupt.clear();
+        self.queue_select = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.driver_features = 0;
+        self.driver_status = 0;
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE_OFFSET {
+            self.locked_device()
+                .read_config(offset - CONFIG_SPACE_OFFSET, data);
+            return;
+        }
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            warn!(
+                offset,
+                len = data.len(),
+                "virtio-mmio: register read is not 32-bit"
+            );
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE_OFFSET {
+            if self.driver_status & DRIVER != 0 && self.driver_status & FAILED == 0 {
+                self.locked_device()
+                    .write_config(offset - CONFIG_SPACE_OFFSET, data);
+                self.config_changed();
+            } else {
+                warn!(
+                    offset,
+                    "virtio-mmio: config written before the driver loaded"
+                );
+            }
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            warn!(
+                offset,
+                len = data.len(),
+                "virtio-mmio: register write is not 32-bit"
+            );
+            return;
+        };
+        if !offset.is_multiple_of(4) {
+            warn!(offset, "virtio-mmio: unaligned register write");
+            return;
+        }
+        self.write_register(offset, u32::from_le_bytes(bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::guest_memory;
+    use crate::devices::virtio::{ActivateError, IrqType};
+    use vmm_sys_util::eventfd::EventFd;
+
+    /// A device that records what the transport does to it.
+    struct DummyDevice {
+        config: [u8; 8],
+        acked: u64,
+        queue_evts: Vec<EventFd>,
+        activated: Option<Vec<Queue>>,
+        interrupt: Option<Arc<IrqTrigger>>,
+        resets: usize,
+    }
+
+    impl DummyDevice {
+        fn new() -> Self {
+            Self {
+                config: [1, 2, 3, 4, 5, 6, 7, 8],
+                acked: 0,
+                queue_evts: (0..2)
+                    .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+                    .collect(),
+                activated: None,
+                interrupt: None,
+                resets: 0,
+            }
+        }
+    }
+
+    impl VirtioDevice for DummyDevice {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 32]
+        }
+        fn avail_features(&self) -> u64 {
+            (1 << VIRTIO_F_VERSION_1) | 0b101
+        }
+        fn acked_features(&self) -> u64 {
+            self.acked
+        }
+        fn set_acked_features(&mut self, features: u64) {
+            self.acked = features & self.avail_features();
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            crate::devices::virtio::read_config_bytes(&self.config, offset, data);
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            if let Some(dst) = self
+                .config
+                .get_mut(offset as usize..offset as usize + data.len())
+            {
+                dst.copy_from_slice(data);
+            }
+        }
+        fn queue_events(&self) -> &[EventFd] {
+            &self.queue_evts
+        }
+        fn activate(
+            &mut self,
+            _mem: GuestMemoryMmap,
+            interrupt: Arc<IrqTrigger>,
+            queues: Vec<Queue>,
+        ) -> Result<(), ActivateError> {
+            self.activated = Some(queues);
+            self.interrupt = Some(interrupt);
+            Ok(())
+        }
+        fn is_activated(&self) -> bool {
+            self.activated.is_some()
+        }
+        fn reset(&mut self) {
+            self.activated = None;
+            self.resets += 1;
+        }
+    }
+
+    fn transport() -> (MmioTransport, Arc<Mutex<DummyDevice>>) {
+        let dev = Arc::new(Mutex::new(DummyDevice::new()));
+        let t = MmioTransport::new(guest_memory(), dev.clone()).unwrap();
+        (t, dev)
+    }
+
+    fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    /// Drives the driver side up to FEATURES_OK and sets up both queues.
+    fn negotiate(t: &mut MmioTransport) {
+        wr(t, reg::STATUS, ACKNOWLEDGE);
+        wr(t, reg::STATUS, ACKNOWLEDGE | DRIVER);
+        wr(t, reg::DRIVER_FEATURES_SEL, 0);
+        wr(t, reg::DRIVER_FEATURES, 0b1);
+        wr(t, reg::DRIVER_FEATURES_SEL, 1);
+        wr(t, reg::DRIVER_FEATURES, 1);
+        wr(t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(rd(t, reg::STATUS), ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        for (q, base) in [(0u32, 0x1_0000u32), (1, 0x2_0000)] {
+            wr(t, reg::QUEUE_SEL, q);
+            wr(t, reg::QUEUE_NUM, 16);
+            wr(t, reg::QUEUE_DESC_LOW, base);
+            wr(t, reg::QUEUE_DESC_HIGH, 0);
+            wr(t, reg::QUEUE_DRIVER_LOW, base + 0x1000);
+            wr(t, reg::QUEUE_DRIVER_HIGH, 0);
+            wr(t, reg::QUEUE_DEVICE_LOW, base + 0x2000);
+            wr(t, reg::QUEUE_DEVICE_HIGH, 0);
+            wr(t, reg::QUEUE_READY, 1);
+        }
+    }
+
+    #[test]
+    fn identification_registers() {
+        let (mut t, _) = transport();
+        assert_eq!(rd(&mut t, reg::MAGIC_VALUE), 0x7472_6976);
+        assert_eq!(rd(&mut t, reg::VERSION), 2);
+        assert_eq!(rd(&mut t, reg::DEVICE_ID), 42);
+        assert_eq!(rd(&mut t, reg::VENDOR_ID), VENDOR_ID);
+        wr(&mut t, reg::DEVICE_FEATURES_SEL, 0);
+        assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 0b101);
+        wr(&mut t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 1);
+        wr(&mut t, reg::DEVICE_FEATURES_SEL, 2);
+        assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 0);
+        wr(&mut t, reg::QUEUE_SEL, 1);
+        assert_eq!(rd(&mut t, reg::QUEUE_NUM_MAX), 32);
+        wr(&mut t, reg::QUEUE_SEL, 7);
+        assert_eq!(rd(&mut t, reg::QUEUE_NUM_MAX), 0);
+        // Non 32-bit register accesses read as zero.
+        let mut b = [0xffu8; 2];
+        t.read(reg::MAGIC_VALUE, &mut b);
+        assert_eq!(b, [0, 0]);
+    }
+
+    #[test]
+    fn config_space_reads_and_writes_go_to_the_device() {
+        let (mut t, dev) = transport();
+        let mut b = [0u8; 2];
+        t.read(CONFIG_SPACE_OFFSET + 2, &mut b);
+        assert_eq!(b, [3, 4]);
+        // Before DRIVER is set, config writes are dropped.
+        t.write(CONFIG_SPACE_OFFSET, &[9]);
+        assert_eq!(dev.lock().unwrap().config[0], 1);
+        wr(&mut t, reg::STATUS, ACKNOWLEDGE);
+        wr(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER);
+        let gen = rd(&mut t, reg::CONFIG_GENERATION);
+        t.write(CONFIG_SPACE_OFFSET, &[9]);
+        assert_eq!(dev.lock().unwrap().config[0], 9);
+        assert_ne!(rd(&mut t, reg::CONFIG_GENERATION), gen);
+    }
+
+    #[test]
+    fn status_state_machine_activates_on_driver_ok() {
+        let (mut t, dev) = transport();
+        negotiate(&mut t);
+        assert_eq!(dev.lock().unwrap().acked, (1 << 32) | 1);
+        assert!(dev.lock().unwrap().activated.is_none());
+        wr(
+            &mut t,
+            reg::STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert_eq!(
+            rd(&mut t, reg::STATUS),
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+        );
+        let d = dev.lock().unwrap();
+        let queues = d.activated.as_ref().expect("device activated");
+        assert_eq!(queues.len(), 2);
+        assert!(queues[0].ready());
+        assert_eq!(queues[1].desc_table(), 0x2_0000);
+        assert_eq!(queues[1].avail_ring(), 0x2_1000);
+        assert_eq!(queues[1].used_ring(), 0x2_2000);
+        assert_eq!(queues[1].size(), 16);
+    }
+
+    #[test]
+    fn invalid_status_transitions_are_ignored() {
+        let (mut t, dev) = transport();
+        // Skipping ACKNOWLEDGE.
+        wr(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER);
+        assert_eq!(rd(&mut t, reg::STATUS), 0);
+        wr(&mut t, reg::STATUS, ACKNOWLEDGE);
+        // Jumping straight to DRIVER_OK.
+        wr(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER | DRIVER_OK);
+        assert_eq!(rd(&mut t, reg::STATUS), ACKNOWLEDGE);
+        wr(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER);
+        // FEATURES_OK refused without VERSION_1.
+        wr(&mut t, reg::DRIVER_FEATURES, 1);
+        wr(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(rd(&mut t, reg::STATUS), ACKNOWLEDGE | DRIVER);
+        // FEATURES_OK refused with a feature the device does not offer.
+        wr(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        wr(&mut t, reg::DRIVER_FEATURES, 1 | 2);
+        wr(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(rd(&mut t, reg::STATUS), ACKNOWLEDGE | DRIVER);
+        assert!(dev.lock().unwrap().activated.is_none());
+        // FAILED is accepted at any time.
+        wr(&mut t, reg::STATUS, FAILED);
+        assert_eq!(rd(&mut t, reg::STATUS), ACKNOWLEDGE | DRIVER | FAILED);
+    }
+
+    #[test]
+    fn queue_registers_only_change_during_setup() {
+        let (mut t, _) = transport();
+        wr(&mut t, reg::QUEUE_SEL, 0);
+        wr(&mut t, reg::QUEUE_READY, 1);
+        assert_eq!(rd(&mut t, reg::QUEUE_READY), 0);
+        negotiate(&mut t);
+        wr(&mut t, reg::QUEUE_SEL, 0);
+        assert_eq!(rd(&mut t, reg::QUEUE_READY), 1);
+        wr(
+            &mut t,
+            reg::STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        wr(&mut t, reg::QUEUE_READY, 0);
+        assert_eq!(rd(&mut t, reg::QUEUE_READY), 1);
+    }
+
+    #[test]
+    fn invalid_queue_sets_device_needs_reset() {
+        let (mut t, dev) = transport();
+        negotiate(&mut t);
+        // A descriptor table outside guest memory.
+        wr(&mut t, reg::QUEUE_SEL, 1);
+        wr(&mut t, reg::QUEUE_DESC_HIGH, 0x10);
+        wr(
+            &mut t,
+            reg::STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert_ne!(rd(&mut t, reg::STATUS) & DEVICE_NEEDS_RESET, 0);
+        assert!(dev.lock().unwrap().activated.is_none());
+        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), IrqType::Config as u32);
+    }
+
+    #[test]
+    fn queue_notify_signals_the_queue_event() {
+        let (mut t, dev) = transport();
+        wr(&mut t, reg::QUEUE_NOTIFY, 1);
+        assert_eq!(dev.lock().unwrap().queue_evts[1].read().unwrap(), 1);
+        // Unknown queue: ignored, no panic.
+        wr(&mut t, reg::QUEUE_NOTIFY, 9);
+        assert!(dev.lock().unwrap().queue_evts[0].read().is_err());
+    }
+
+    #[test]
+    fn interrupt_status_and_ack() {
+        let (mut t, _) = transport();
+        t.interrupt().trigger(IrqType::Vring).unwrap();
+        t.interrupt().trigger(IrqType::Config).unwrap();
+        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), 3);
+        wr(&mut t, reg::INTERRUPT_ACK, 1);
+        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), 2);
+    }
+
+    #[test]
+    fn writing_zero_status_resets_device_and_transport() {
+        let (mut t, dev) = transport();
+        negotiate(&mut t);
+        wr(
+            &mut t,
+            reg::STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        t.interrupt().trigger(IrqType::Vring).unwrap();
+        wr(&mut t, reg::STATUS, 0);
+        assert_eq!(rd(&mut t, reg::STATUS), 0);
+        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), 0);
+        wr(&mut t, reg::QUEUE_SEL, 0);
+        assert_eq!(rd(&mut t, reg::QUEUE_READY), 0);
+        assert_eq!(dev.lock().unwrap().resets, 1);
+        assert!(dev.lock().unwrap().activated.is_none());
+        // The device can be brought up again.
+        negotiate(&mut t);
+        wr(
+            &mut t,
+            reg::STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert!(dev.lock().unwrap().activated.is_some());
+    }
+}
