@@ -12,7 +12,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,8 @@ pub struct Options {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Use the VM even on a host with vmx/svm.
     pub force_vm: bool,
+    /// Receives the PID of the QEMU process (or of the command, natively) once started.
+    pub spawned_pid: Option<Arc<AtomicU32>>,
 }
 
 impl Default for Options {
@@ -99,6 +101,7 @@ impl Default for Options {
             env: Vec::new(),
             cancel: None,
             force_vm: false,
+            spawned_pid: None,
         }
     }
 }
@@ -214,6 +217,9 @@ fn run_vm(argv: &[OsString], cwd: &Path, opts: &Options) -> Result<Output, Error
         source,
     };
     let mut vm = config.spawn().map_err(spawn_err)?;
+    if let Some(pid) = &opts.spawned_pid {
+        pid.store(vm.child.id(), Ordering::SeqCst);
+    }
     let qemu_stderr = vm
         .child
         .stderr
@@ -304,6 +310,9 @@ fn run_native(argv: &[OsString], cwd: &Path, opts: &Options) -> Result<Output, E
         program: program.clone(),
         source,
     })?;
+    if let Some(pid) = &opts.spawned_pid {
+        pid.store(child.id(), Ordering::SeqCst);
+    }
     let (out_sink, err_sink) = sinks(opts);
     let pumps = piped.then(|| {
         let out = child.stdout.take().expect("piped stdout");

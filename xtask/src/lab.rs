@@ -47,6 +47,12 @@ pub fn options(timeout: u64, memory: u32, force_vm: bool) -> Result<lab::Options
 
 pub fn run(args: Args) -> Result<()> {
     let opts = options(args.timeout, args.memory, args.force_vm)?;
-    let out = lab::run(&args.cmd, &opts)?;
-    std::process::exit(out.status);
+    match lab::run(&args.cmd, &opts) {
+        Ok(out) => std::process::exit(out.status),
+        Err(lab::Error::Cancelled) => {
+            eprintln!("xtask lab: interrupted; the lab VM was killed");
+            std::process::exit(130)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

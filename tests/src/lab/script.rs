@@ -50,6 +50,7 @@ impl ControlDir {
             parent: parent.to_owned(),
             source,
         })?;
+        remove_stale(parent);
         let dir = tempfile::Builder::new()
             .prefix("sandbox-lab-")
             .tempdir_in(parent)
@@ -88,11 +89,36 @@ impl ControlDir {
             "''".to_owned()
         };
         write(&path.join("lab.env"), &format!("LAB_CWD={cwd_share}\n"))?;
+        write(&path.join("owner.pid"), &std::process::id().to_string())?;
         Ok(Self { dir })
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// Removes control directories left by lab runs whose process was killed (SIGKILL gives
+/// no chance to clean up): those whose `owner.pid` names no live process.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_control = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("sandbox-lab-"));
+        if !is_control {
+            continue;
+        }
+        let owner = fs::read_to_string(path.join("owner.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = fs::remove_dir_all(&path);
+        }
     }
 }
 
@@ -148,5 +174,19 @@ mod tests {
         let path = ctl.path().to_owned();
         drop(ctl);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn removes_control_dirs_of_dead_owners_only() {
+        let parent = tempfile::tempdir().unwrap();
+        let dead = parent.path().join("sandbox-lab-dead");
+        let alive = parent.path().join("sandbox-lab-alive");
+        for (dir, pid) in [(&dead, u32::MAX / 2), (&alive, std::process::id())] {
+            fs::create_dir(dir).unwrap();
+            fs::write(dir.join("owner.pid"), pid.to_string()).unwrap();
+        }
+        remove_stale(parent.path());
+        assert!(!dead.exists());
+        assert!(alive.exists());
     }
 }
