@@ -72,6 +72,33 @@ pub fn publish_dir(tmp: &Path, dest: &Path) -> Result<()> {
     }
 }
 
+/// Whether a directory name is an output key made by [`key`].
+fn is_key(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Removes all but the `keep` most recently used output directories of `kind_dir`,
+/// never `current`. Old agent builds would otherwise pile up.
+pub fn prune(kind_dir: &Path, keep: usize, current: &Path) -> Result<()> {
+    let mut outputs: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(kind_dir)
+        .with_context(|| format!("cannot list {}", kind_dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| is_key(&e.file_name().to_string_lossy()))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .filter(|(_, p)| p != current)
+        .collect();
+    outputs.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
+    for (_, old) in outputs.into_iter().skip(keep.saturating_sub(1)) {
+        fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
+    }
+    Ok(())
+}
+
+/// Marks an output directory as just used, for [`prune`].
+pub fn touch(dir: &Path) {
+    let _ = fs::File::open(dir).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+}
+
 /// A fresh, empty `<dest>.tmp` next to `dest`.
 pub fn fresh_tmp_dir(dest: &Path) -> Result<PathBuf> {
     let mut name = dest.as_os_str().to_owned();
@@ -131,5 +158,28 @@ mod tests {
         link(&dest.join("f"), &l).unwrap();
         link(&dest.join("f"), &l).unwrap();
         assert_eq!(fs::read(&l).unwrap(), b"1");
+    }
+
+    #[test]
+    fn prune_keeps_current_and_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..4).map(|i| key(&[&[i]])).collect();
+        let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        for (i, n) in names.iter().enumerate() {
+            let p = dir.path().join(n);
+            fs::create_dir(&p).unwrap();
+            let f = fs::File::open(&p).unwrap();
+            f.set_modified(t0 + std::time::Duration::from_secs(i as u64))
+                .unwrap();
+        }
+        fs::create_dir(dir.path().join("build-6.1")).unwrap();
+        // names[0] is the oldest but current; names[3] is the newest.
+        prune(dir.path(), 2, &dir.path().join(&names[0])).unwrap();
+        let exists = |n: &str| dir.path().join(n).exists();
+        assert!(exists(&names[0]));
+        assert!(exists(&names[3]));
+        assert!(!exists(&names[1]));
+        assert!(!exists(&names[2]));
+        assert!(exists("build-6.1"));
     }
 }

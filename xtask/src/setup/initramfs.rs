@@ -11,6 +11,8 @@ use super::cache::{self, Cache};
 
 /// Bump when the archive layout written below changes.
 const RECIPE_VERSION: &str = "initramfs-recipe-1";
+/// Initramfs builds kept in the cache (the current one included).
+const KEEP_IMAGES: usize = 5;
 /// The `file` source that stands for the static agent binary.
 pub const AGENT_SOURCE: &str = "@agent";
 
@@ -248,13 +250,15 @@ pub fn ensure(cache: &Cache, list_path: &Path, agent: &Path) -> anyhow::Result<I
     parts.extend(files.iter().map(Vec::as_slice));
     let key = cache::key(&parts);
 
-    let dir = cache.kind_dir("initramfs")?.join(&key);
+    let kind_dir = cache.kind_dir("initramfs")?;
+    let dir = kind_dir.join(&key);
     let result = Initramfs {
         cpio: dir.join("initramfs.cpio"),
         agent: dir.join("sandbox-agent"),
         built: false,
     };
     if result.cpio.is_file() && result.agent.is_file() {
+        cache::touch(&dir);
         return Ok(result);
     }
     let tmp = cache::fresh_tmp_dir(&dir)?;
@@ -267,6 +271,7 @@ pub fn ensure(cache: &Cache, list_path: &Path, agent: &Path) -> anyhow::Result<I
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
     cache::publish_dir(&tmp, &dir)?;
+    cache::prune(&kind_dir, KEEP_IMAGES, &dir)?;
     Ok(Initramfs {
         built: true,
         ..result

@@ -21,6 +21,8 @@ const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 const DEFAULT_OBJECT_ESTIMATE: u64 = 960;
 /// Where a full build records its object count, inside the build directory.
 const OBJECT_COUNT_FILE: &str = ".sandbox-object-count";
+/// Kernels kept in the cache (the current one included).
+const KEEP_KERNELS: usize = 3;
 /// Lines of the build log shown when the build fails.
 const LOG_TAIL_LINES: usize = 40;
 
@@ -60,6 +62,7 @@ pub fn ensure(cache: &Cache, fragment_path: &Path, jobs: usize) -> Result<Kernel
     let out_dir = kdir.join(&key);
     let vmlinux = out_dir.join("vmlinux");
     if vmlinux.is_file() {
+        cache::touch(&out_dir);
         return Ok(Kernel {
             vmlinux,
             built: false,
@@ -137,6 +140,7 @@ pub fn ensure(cache: &Cache, fragment_path: &Path, jobs: usize) -> Result<Kernel
     fs::copy(&log_path, tmp.join("build.log"))?;
     cache::publish_dir(&tmp, &out_dir)?;
     fs::remove_file(&log_path).ok();
+    cache::prune(&kdir, KEEP_KERNELS, &out_dir)?;
     Ok(Kernel {
         vmlinux,
         built: true,
