@@ -1,11 +1,176 @@
-//! sandbox-agent: PID 1 of the guest.
-mod init;
+//! sandbox-agent: PID 1 of the guest. Mounts the basics, reaps orphans, serves the agent API
+//! (ttrpc) and the stdio streams on vsock; on a host it can serve Unix sockets for tests.
 
-fn main() -> anyhow::Result<()> {
-    init::setup()?;
-    init::report_ready()?;
-    // PID 1 must never exit: the kernel would panic.
+mod config;
+mod events;
+mod init;
+mod listener;
+mod logger;
+mod process;
+mod processes;
+mod reaper;
+mod sandbox;
+mod service;
+mod stdio;
+
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
+use protocol::agent::{Event, EventKind};
+
+use crate::config::Config;
+use crate::events::EventQueue;
+use crate::listener::{Address, Listener};
+use crate::processes::ProcessTable;
+use crate::reaper::Reaper;
+use crate::service::AgentService;
+
+fn main() {
+    if let Err(e) = run() {
+        log::error!("{e:#}");
+        eprintln!("sandbox-agent: {e:#}");
+        if init::is_pid1() {
+            // PID 1 must not exit (the kernel would panic); stop the VM instead.
+            power_off();
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    init::setup().context("early init")?;
+    let pid1 = init::is_pid1();
+    let cmdline = if pid1 {
+        std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config = Config::parse(&args, pid1, &cmdline)?;
+    logger::init(config.debug);
+
+    // Before any thread exists, so every thread inherits the blocked SIGCHLD.
+    let reaper = Arc::new(Reaper::new()?);
+    let own_uts = pid1 || private_uts();
+    if !pid1 {
+        reaper.become_subreaper()?;
+    }
+
+    let processes = Arc::new(ProcessTable::default());
+    let events = Arc::new(EventQueue::default());
+    start_reaper(reaper.clone(), processes.clone(), events.clone())?;
+
+    let stdio_listener = Listener::bind(&config.stdio_listen)
+        .with_context(|| format!("listening for stdio streams on {}", config.stdio_listen))?;
+    {
+        let processes = processes.clone();
+        thread::Builder::new()
+            .name("stdio-accept".into())
+            .spawn(move || stdio::serve(stdio_listener, processes))
+            .context("starting the stdio thread")?;
+    }
+
+    let (shutdown_tx, shutdown_rx) = mpsc::channel();
+    let service = AgentService {
+        config: config.clone(),
+        reaper,
+        processes: processes.clone(),
+        events,
+        own_uts,
+        shutdown: shutdown_tx,
+    };
+    let mut server = ttrpc::Server::new()
+        .bind(&config.listen.to_string())
+        .with_context(|| format!("listening for the agent API on {}", config.listen))?
+        .register_service(protocol::agent_ttrpc::create_agent(Arc::new(service)));
+    server
+        .start()
+        .with_context(|| format!("starting the agent API on {}", config.listen))?;
+    log::info!(
+        "serving the agent API on {} and stdio on {}",
+        config.listen,
+        config.stdio_listen
+    );
+    init::report_ready().context("reporting readiness")?;
+
+    // Shutdown: the only way out.
+    let _ = shutdown_rx.recv();
+    // Let the Shutdown reply leave before connections drop; the host accepts either.
+    thread::sleep(Duration::from_millis(20));
+    finish(&config, &processes);
+    Ok(())
+}
+
+/// Unshares the UTS namespace on a host run so CreateSandbox's hostname stays private.
+fn private_uts() -> bool {
+    match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("no private UTS namespace ({e}); CreateSandbox will refuse hostnames");
+            false
+        }
+    }
+}
+
+fn start_reaper(
+    reaper: Arc<Reaper>,
+    processes: Arc<ProcessTable>,
+    events: Arc<EventQueue>,
+) -> Result<()> {
+    thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || {
+            reaper.run(|pid, status| match processes.record_exit(pid, status) {
+                Some(p) => {
+                    log::info!(
+                        "process {:?}/{:?} pid {pid} ended: {status:?}",
+                        p.container_id,
+                        p.exec_id
+                    );
+                    let mut event = Event::new();
+                    event.kind = EventKind::EXIT.into();
+                    event.container_id = p.container_id.clone();
+                    event.exec_id = p.exec_id.clone();
+                    event.pid = pid.as_raw() as u32;
+                    event.status = Some(service::exit_status(status)).into();
+                    event.time_ms = init::uptime_ms().unwrap_or(0);
+                    events.push(event);
+                }
+                None => log::debug!("reaped orphan pid {pid}: {status:?}"),
+            })
+        })
+        .context("starting the reaper thread")?;
+    Ok(())
+}
+
+/// Ends the sandbox: as PID 1 kill everything and power off; on a host kill our processes,
+/// remove our sockets and exit.
+fn finish(config: &Config, processes: &ProcessTable) {
+    for p in processes.all() {
+        let _ = p.signal(Signal::SIGKILL);
+    }
+    if config.pid1 {
+        // SIGKILL to -1 reaches every process but init.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), Signal::SIGKILL);
+        power_off();
+    }
+    for address in [&config.listen, &config.stdio_listen] {
+        if let Address::Unix(path) = address {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    log::info!("shut down");
+    std::process::exit(0);
+}
+
+fn power_off() -> ! {
+    nix::unistd::sync();
+    // With reboot=k the VMM sees the reset and ends the VM.
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     loop {
-        std::thread::park();
+        thread::park();
     }
 }

@@ -1,1 +1,3 @@
 //! Host controller shared by the `sandbox` CLI and the containerd shim.
+pub mod agent_client;
+pub mod vsock;
