@@ -82,8 +82,8 @@ pub fn ensure_guest(args: &Args) -> Result<GuestArtifacts> {
 
     let kernel = kernel::ensure(&cache, &root.join(KERNEL_FRAGMENT), jobs)?;
     match kernel.build_time {
-        Some(t) if kernel.built => println!("guest kernel built in {:.0} s", t.as_secs_f64()),
-        _ => println!("guest kernel: cached"),
+        Some(t) => println!("guest kernel built in {:.0} s", t.as_secs_f64()),
+        None => println!("guest kernel: cached"),
     }
     let agent = agent::build(&root)?;
     let initramfs = initramfs::ensure(&cache, &root.join(INITRAMFS_LIST), &agent)?;

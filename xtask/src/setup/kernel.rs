@@ -26,11 +26,10 @@ const KEEP_KERNELS: usize = 3;
 /// Lines of the build log shown when the build fails.
 const LOG_TAIL_LINES: usize = 40;
 
-/// A built kernel in the cache.
+/// A kernel in the cache.
 pub struct Kernel {
     pub vmlinux: PathBuf,
-    /// Whether this run compiled it (false: cache hit).
-    pub built: bool,
+    /// How long this run took to build it; `None` on a cache hit.
     pub build_time: Option<Duration>,
 }
 
@@ -60,25 +59,20 @@ pub fn ensure(cache: &Cache, fragment_path: &Path, jobs: usize) -> Result<Kernel
     ]);
     let kdir = cache.kind_dir("kernel")?;
     let out_dir = kdir.join(&key);
-    let vmlinux = out_dir.join("vmlinux");
-    if vmlinux.is_file() {
+    let cached = Kernel {
+        vmlinux: out_dir.join("vmlinux"),
+        build_time: None,
+    };
+    if cached.vmlinux.is_file() {
         cache::touch(&out_dir);
-        return Ok(Kernel {
-            vmlinux,
-            built: false,
-            build_time: None,
-        });
+        return Ok(cached);
+    }
+    let _lock = cache.lock("kernel")?;
+    if cached.vmlinux.is_file() {
+        // Another setup built it while we waited.
+        return Ok(cached);
     }
 
-    let _lock = cache.lock("kernel")?;
-    if vmlinux.is_file() {
-        // Another setup built it while we waited.
-        return Ok(Kernel {
-            vmlinux,
-            built: false,
-            build_time: None,
-        });
-    }
     let started = Instant::now();
     let src = extract_source(&kdir, &version)?;
     // One build tree per source version, reused across fragments: make
@@ -88,29 +82,11 @@ pub fn ensure(cache: &Cache, fragment_path: &Path, jobs: usize) -> Result<Kernel
     let log_path = kdir.join(format!("{key}.log"));
     let mut log =
         File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
-
     eprintln!(
         "guest kernel: configuring {SOURCE_PACKAGE} {version} with {}",
         fragment_path.display()
     );
-    let allconfig = fs::canonicalize(fragment_path)?;
-    let mut kconfig_all = OsArg::from("KCONFIG_ALLCONFIG=");
-    kconfig_all.push(&allconfig);
-    run_logged(
-        make(&src, &build).arg("allnoconfig").arg(kconfig_all),
-        &mut log,
-        &log_path,
-    )?;
-    run_logged(make(&src, &build).arg("olddefconfig"), &mut log, &log_path)?;
-    let dot_config = fs::read_to_string(build.join(".config"))
-        .with_context(|| format!("cannot read {}/.config", build.display()))?;
-    fragment.verify(&dot_config).with_context(|| {
-        format!(
-            "kernel config check failed (fragment {})",
-            fragment_path.display()
-        )
-    })?;
-
+    let dot_config = configure(&src, &build, fragment_path, &fragment, &mut log, &log_path)?;
     eprintln!(
         "guest kernel: building vmlinux with {jobs} jobs (log: {})",
         log_path.display()
@@ -121,8 +97,47 @@ pub fn ensure(cache: &Cache, fragment_path: &Path, jobs: usize) -> Result<Kernel
         // Only a full build tells how many objects the next full build has.
         fs::write(build.join(OBJECT_COUNT_FILE), objects.to_string()).ok();
     }
+    drop(log);
+    install(&build, &dot_config, &log_path, &out_dir)?;
+    fs::remove_file(&log_path).ok();
+    cache::prune(&kdir, KEEP_KERNELS, &out_dir)?;
+    Ok(Kernel {
+        build_time: Some(started.elapsed()),
+        ..cached
+    })
+}
 
-    let tmp = cache::fresh_tmp_dir(&out_dir)?;
+/// allnoconfig with the fragment, olddefconfig, then checks every fragment option; returns .config.
+fn configure(
+    src: &Path,
+    build: &Path,
+    fragment_path: &Path,
+    fragment: &kconfig::Fragment,
+    log: &mut File,
+    log_path: &Path,
+) -> Result<String> {
+    let mut allconfig = OsArg::from("KCONFIG_ALLCONFIG=");
+    allconfig.push(fs::canonicalize(fragment_path)?);
+    run_logged(
+        make(src, build).arg("allnoconfig").arg(allconfig),
+        log,
+        log_path,
+    )?;
+    run_logged(make(src, build).arg("olddefconfig"), log, log_path)?;
+    let dot_config = fs::read_to_string(build.join(".config"))
+        .with_context(|| format!("cannot read {}/.config", build.display()))?;
+    fragment.verify(&dot_config).with_context(|| {
+        format!(
+            "kernel config check failed (fragment {})",
+            fragment_path.display()
+        )
+    })?;
+    Ok(dot_config)
+}
+
+/// Strips vmlinux, checks its PVH note, and publishes it with its .config and build log.
+fn install(build: &Path, dot_config: &str, log_path: &Path, out_dir: &Path) -> Result<()> {
+    let tmp = cache::fresh_tmp_dir(out_dir)?;
     let status = Command::new("strip")
         .arg("--strip-all")
         .arg("-o")
@@ -135,17 +150,9 @@ pub fn ensure(cache: &Cache, fragment_path: &Path, jobs: usize) -> Result<Kernel
     }
     let bytes = fs::read(tmp.join("vmlinux"))?;
     elf::pvh_entry("the stripped vmlinux", &bytes)?;
-    fs::write(tmp.join("config"), &dot_config)?;
-    drop(log);
-    fs::copy(&log_path, tmp.join("build.log"))?;
-    cache::publish_dir(&tmp, &out_dir)?;
-    fs::remove_file(&log_path).ok();
-    cache::prune(&kdir, KEEP_KERNELS, &out_dir)?;
-    Ok(Kernel {
-        vmlinux,
-        built: true,
-        build_time: Some(started.elapsed()),
-    })
+    fs::write(tmp.join("config"), dot_config)?;
+    fs::copy(log_path, tmp.join("build.log"))?;
+    cache::publish_dir(&tmp, out_dir)
 }
 
 type OsArg = std::ffi::OsString;
