@@ -311,15 +311,20 @@ impl MmioTransport {
                 return;
             }
         }
-        let queues: Vec<Queue> = self
+        // The transport keeps its copy of the registers; the device gets its own queues.
+        let queues: Result<Vec<Queue>, _> = self
             .queues
             .iter()
-            .map(|q| {
-                Queue::try_from(q.state()).expect(
-                    "a queue whose configuration was validated converts back from its state",
-                )
-            })
+            .map(|q| Queue::try_from(q.state()))
             .collect();
+        let queues = match queues {
+            Ok(q) => q,
+            Err(e) => {
+                warn!(error = %e, "virtio-mmio: queue configuration is invalid");
+                self.needs_reset();
+                return;
+            }
+        };
         let result =
             self.locked_device()
                 .activate(self.mem.clone(), self.interrupt.clone(), queues);

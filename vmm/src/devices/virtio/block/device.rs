@@ -128,6 +128,11 @@ impl Block {
         &self.disk_id
     }
 
+    /// Writes everything the guest wrote through to the disk (on VMM exit).
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.disk.sync_all()
+    }
+
     /// Serves every available request, then interrupts the guest if it wants to know.
     pub fn process_queue(&mut self) -> Result<(), BlockError> {
         let Some(active) = self.active.as_mut() else {
