@@ -88,3 +88,76 @@ fn initramfs_has_init_and_console() {
         assert!(names.iter().any(|n| n == dir), "no /{dir} in {names:?}");
     }
 }
+
+/// Boots vmlinux + initramfs in QEMU's microvm with TCG (no KVM needed) and waits for the
+/// agent's readiness marker; `sandbox.exit_after_ready` makes the guest reboot, which ends
+/// QEMU (-no-reboot).
+#[test]
+fn guest_boots_to_agent_ready_under_qemu_tcg() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let guest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
+    let mut child = Command::new("qemu-system-x86_64")
+        // acpi=off: QEMU then lists the virtio-mmio devices on the kernel command line.
+        .args(["-M", "microvm,acpi=off", "-accel", "tcg", "-cpu", "max"])
+        .args(["-smp", "2", "-m", "256", "-nodefaults", "-no-reboot"])
+        .args(["-display", "none", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(guest.join("vmlinux"))
+        .arg("-initrd")
+        .arg(guest.join("initramfs.cpio"))
+        .args([
+            "-append",
+            "console=ttyS0 reboot=k panic=-1 sandbox.exit_after_ready",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run qemu-system-x86_64 (cargo xtask setup installs it)");
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    // A guard against a hung guest, not a performance check.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let console = reader.join().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = status
+        .unwrap_or_else(|| panic!("guest did not power off; console:\n{}", console.join("\n")));
+    let ready = console
+        .iter()
+        .find_map(|l| l.strip_prefix("SANDBOX-AGENT-READY uptime_ms="))
+        .unwrap_or_else(|| panic!("no readiness marker; console:\n{}", console.join("\n")));
+    let ms: u64 = ready.trim().parse().expect("uptime_ms is a number");
+    assert!(ms > 0);
+    assert!(status.success(), "qemu: {status}, stderr: {stderr}");
+    // PID 1 must not have died on the way (panic=-1 would also end QEMU).
+    assert!(
+        !console.iter().any(|l| l.contains("Kernel panic")),
+        "{}",
+        console.join("\n")
+    );
+}
