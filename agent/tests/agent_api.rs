@@ -122,7 +122,7 @@ fn echo_output_arrives_on_its_stdout_stream_and_exit_code_comes_back() {
         ALL,
         false,
     );
-    let mut stdin = agent
+    let stdin = agent
         .client
         .open_stream("", "fail", StreamKind::Stdin)
         .unwrap();
