@@ -1,0 +1,209 @@
+//! Container state (runtime-spec "state"): kept as `<root>/<id>/state.json`, with the status
+//! (created, running, paused, stopped) derived from the init process each time it is read.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// State directory failures; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing a state file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// state.json did not parse.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+/// runtime-spec status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Being created.
+    Creating,
+    /// Created; the user process has not been started.
+    Created,
+    /// The user process runs.
+    Running,
+    /// Frozen through the cgroup freezer.
+    Paused,
+    /// The init process has exited.
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+/// What `state` reports, in runc's JSON shape, plus what the runtime needs to find the
+/// container again (init start time against PID reuse, cgroup path).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// runtime-spec version.
+    #[serde(rename = "ociVersion")]
+    pub oci_version: String,
+    /// Container id.
+    pub id: String,
+    /// Init process PID (0 once stopped and unknown).
+    pub pid: i32,
+    /// Current status.
+    pub status: Status,
+    /// Absolute bundle path.
+    pub bundle: PathBuf,
+    /// Absolute rootfs path.
+    pub rootfs: PathBuf,
+    /// Creation time, RFC 3339.
+    pub created: String,
+    /// Owner (user name of the creator); runc prints it.
+    pub owner: String,
+    /// Spec annotations.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub annotations: HashMap<String, String>,
+    /// Start time of the init (from /proc/PID/stat) to detect PID reuse.
+    #[serde(default, rename = "initStartTime")]
+    pub init_start_time: u64,
+    /// The container's cgroup directory, if it has one.
+    #[serde(default, rename = "cgroupPath", skip_serializing_if = "Option::is_none")]
+    pub cgroup_path: Option<PathBuf>,
+}
+
+impl State {
+    /// The OCI state passed to hooks: ociVersion, id, status, pid, bundle, annotations.
+    pub fn oci_json(&self) -> String {
+        serde_json::json!({
+            "ociVersion": self.oci_version,
+            "id": self.id,
+            "status": self.status,
+            "pid": self.pid,
+            "bundle": self.bundle,
+            "annotations": self.annotations,
+        })
+        .to_string()
+    }
+
+    /// Writes `<dir>/state.json` atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        let path = dir.join("state.json");
+        let tmp = dir.join("state.json.tmp");
+        let text = serde_json::to_vec(self).expect("state serialises");
+        fs::write(&tmp, text)
+            .and_then(|_| fs::rename(&tmp, &path))
+            .map_err(|source| StateError::Io { path, source })
+    }
+
+    /// Reads `<dir>/state.json` and refreshes the status from the live process.
+    pub fn load(dir: &Path) -> Result<State, StateError> {
+        let path = dir.join("state.json");
+        let text = fs::read(&path).map_err(|source| StateError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut state: State =
+            serde_json::from_slice(&text).map_err(|source| StateError::Parse { path, source })?;
+        state.refresh(dir);
+        Ok(state)
+    }
+
+    /// Derives the status from /proc, the exec fifo and the cgroup freezer.
+    pub fn refresh(&mut self, dir: &Path) {
+        if self.status == Status::Creating {
+            return;
+        }
+        self.status = match process_info(self.pid) {
+            Some((state, start)) if start == self.init_start_time && state != 'Z' && state != 'X' => {
+                if dir.join(crate::container::EXEC_FIFO).exists() {
+                    Status::Created
+                } else if self
+                    .cgroup_path
+                    .as_ref()
+                    .and_then(|p| fs::read_to_string(p.join("cgroup.freeze")).ok())
+                    .is_some_and(|s| s.trim() == "1")
+                {
+                    Status::Paused
+                } else {
+                    Status::Running
+                }
+            }
+            _ => Status::Stopped,
+        };
+    }
+}
+
+/// (state letter, start time) of a process from /proc/PID/stat.
+pub fn process_info(pid: i32) -> Option<(char, u64)> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Now as RFC 3339 UTC with nanoseconds, like runc's `created`.
+pub fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_shape() {
+        let s = now_rfc3339();
+        assert_eq!(s.len(), 30, "{s}");
+        assert!(s.ends_with('Z') && s.as_bytes()[10] == b'T');
+    }
+
+    #[test]
+    fn own_process_info() {
+        let (state, start) = process_info(std::process::id() as i32).unwrap();
+        assert!(state == 'R' || state == 'S');
+        assert!(start > 0);
+    }
+}
