@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     #[error("guest artifact {path} is missing: run cargo xtask setup")]
     Missing { path: PathBuf },
+    #[error("{path} is missing: run cargo build --release -p vmm")]
+    NoVmm { path: PathBuf },
 }
 
 /// The workspace root: the parent of this crate's manifest directory.
@@ -50,6 +52,24 @@ pub fn initramfs() -> Result<PathBuf, Error> {
 /// The static agent binary.
 pub fn agent() -> Result<PathBuf, Error> {
     existing("sandbox-agent")
+}
+
+/// The cargo target directory: `$CARGO_TARGET_DIR`, else `target/` under the workspace.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// Our VMM, release build.
+pub fn sandbox_vmm() -> Result<PathBuf, Error> {
+    let path = target_dir().join("release").join("sandbox-vmm");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(Error::NoVmm { path })
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Test support shared by xtask and the integration tests: the lab host and guest artifacts.
-//! The integration tests themselves live in `tests/`.
+//! Test support shared by xtask and the integration tests: the lab host, guest artifacts and
+//! the timed guest boot. The integration tests themselves live in `tests/`.
 
 pub mod artifacts;
+pub mod boot;
 pub mod lab;

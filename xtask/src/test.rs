@@ -1,8 +1,307 @@
-use anyhow::Result;
+//! `cargo xtask test`: setup, then `cargo test --workspace` on this host, then every test
+//! that needs real KVM (`#[ignore]`d ones) in one lab VM; ends with `N passed, N failed`.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+use sandbox_tests::{artifacts, lab};
+
+use crate::setup;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Do not run `cargo xtask setup` first.
+    #[arg(long)]
+    pub skip_setup: bool,
+    /// Do not run `cargo test --workspace` on this host.
+    #[arg(long)]
+    pub skip_host: bool,
+    /// Do not run the ignored (real KVM) tests in the lab.
+    #[arg(long)]
+    pub skip_lab: bool,
+    /// Limit for the lab run, in seconds.
+    #[arg(long, default_value_t = 1800)]
+    pub lab_timeout: u64,
+}
 
-pub fn run(_args: Args) -> Result<()> {
-    anyhow::bail!("not implemented yet")
+/// Test counts parsed from libtest's `test result:` lines.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl Tally {
+    /// Adds the counts of one `test result: ok. 3 passed; 1 failed; ...` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
+
+    fn add_text(&mut self, text: &str) {
+        text.lines().for_each(|l| self.add_line(l));
+    }
+}
+
+/// One phase's outcome: its tests, and whether the phase itself succeeded.
+struct Phase {
+    name: &'static str,
+    tally: Tally,
+    ok: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let root = artifacts::workspace_root();
+    let mut phases = Vec::new();
+    if !args.skip_setup {
+        setup::run(setup::Args::default()).context("cargo xtask setup")?;
+    }
+    if !args.skip_host {
+        phases.push(host_tests(&root)?);
+    }
+    if !args.skip_lab {
+        phases.push(lab_tests(&root, args.lab_timeout)?);
+    }
+
+    let mut total = Tally::default();
+    let mut report = String::new();
+    for p in &phases {
+        total.passed += p.tally.passed;
+        // A phase that failed without a failing test (a build error, a crash) counts once.
+        total.failed += p.tally.failed.max(u64::from(!p.ok));
+        let _ = writeln!(
+            report,
+            "{}: {} passed, {} failed{}",
+            p.name,
+            p.tally.passed,
+            p.tally.failed,
+            if p.ok { "" } else { " (phase failed)" }
+        );
+    }
+    print!("{report}");
+    println!("summary: {} passed, {} failed", total.passed, total.failed);
+    if total.failed > 0 {
+        anyhow::bail!("{} test(s) or phase(s) failed", total.failed);
+    }
+    Ok(())
+}
+
+fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// `cargo test --workspace`: unit and host tests (the KVM ones are ignored there).
+fn host_tests(root: &Path) -> Result<Phase> {
+    println!("==> cargo test --workspace");
+    let mut child = Command::new(cargo())
+        .args(["test", "--workspace"])
+        .current_dir(root)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test --workspace")?;
+    let mut tally = Tally::default();
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    Ok(Phase {
+        name: "host",
+        tally,
+        ok: status.success(),
+    })
+}
+
+/// A test executable and the package directory cargo would run it in.
+#[derive(Debug, PartialEq, Eq)]
+struct TestBinary {
+    path: PathBuf,
+    package_dir: PathBuf,
+}
+
+/// Builds the test executables and lists them from cargo's JSON messages.
+fn build_test_binaries(root: &Path) -> Result<Vec<TestBinary>> {
+    let out = Command::new(cargo())
+        .args(["test", "--workspace", "--no-run", "--message-format=json"])
+        .current_dir(root)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
+    if !out.status.success() {
+        anyhow::bail!("cargo test --workspace --no-run failed ({})", out.status);
+    }
+    Ok(parse_test_binaries(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn parse_test_binaries(json_lines: &str) -> Vec<TestBinary> {
+    json_lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["profile"]["test"] == true)
+        .filter_map(|m| {
+            let path = PathBuf::from(m["executable"].as_str()?);
+            let manifest = Path::new(m["manifest_path"].as_str()?);
+            Some(TestBinary {
+                path,
+                package_dir: manifest.parent()?.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Whether the binary has `#[ignore]`d tests (asked here, where starting it is cheap).
+fn has_ignored_tests(bin: &TestBinary) -> Result<bool> {
+    let out = Command::new(&bin.path)
+        .args(["--list", "--ignored", "--format=terse"])
+        .current_dir(&bin.package_dir)
+        .stderr(Stdio::null())
+        .output()
+        .with_context(|| format!("listing the tests of {}", bin.path.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.ends_with(": test")))
+}
+
+/// The script run in the lab: every binary with its ignored tests, one test at a time.
+fn lab_script(binaries: &[TestBinary]) -> String {
+    let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    let mut s = String::from("rc=0\n");
+    for b in binaries {
+        let _ = writeln!(
+            s,
+            "echo '==> {name}'\ncd {dir} && {bin} --ignored --test-threads=1 || rc=1",
+            name = b.path.file_name().unwrap_or_default().to_string_lossy(),
+            dir = q(&b.package_dir),
+            bin = q(&b.path),
+        );
+    }
+    s.push_str("exit $rc\n");
+    s
+}
+
+/// The `#[ignore = "needs real KVM..."]` tests, all in one lab VM (or here on a KVM host).
+fn lab_tests(root: &Path, timeout: u64) -> Result<Phase> {
+    println!("==> building test binaries for the lab");
+    let mut binaries = Vec::new();
+    for bin in build_test_binaries(root)? {
+        if has_ignored_tests(&bin)? {
+            binaries.push(bin);
+        }
+    }
+    if binaries.is_empty() {
+        println!("no ignored (lab) tests");
+        return Ok(Phase {
+            name: "lab",
+            tally: Tally::default(),
+            ok: true,
+        });
+    }
+    let where_ = if lab::native_kvm() {
+        "on this KVM host"
+    } else {
+        "in the lab"
+    };
+    println!(
+        "==> {} test binaries with real-KVM tests, {where_}",
+        binaries.len()
+    );
+    // /var/tmp, not /tmp: the lab hides the host's /tmp.
+    let dir = tempfile::Builder::new()
+        .prefix("sandbox-xtask-test-")
+        .tempdir_in("/var/tmp")
+        .context("creating a script directory under /var/tmp")?;
+    let script = dir.path().join("lab-tests.sh");
+    std::fs::write(&script, lab_script(&binaries))
+        .with_context(|| format!("writing {}", script.display()))?;
+
+    let opts = crate::lab::options(timeout, 3072, false)?;
+    let opts = lab::Options {
+        capture: true,
+        cwd: Some(root.to_owned()),
+        ..opts
+    };
+    let argv = vec![OsString::from("sh"), script.into_os_string()];
+    let (tally, ok) = match lab::run(&argv, &opts) {
+        Ok(out) => {
+            let mut tally = Tally::default();
+            tally.add_text(&String::from_utf8_lossy(&out.stdout));
+            (tally, out.status == 0)
+        }
+        Err(e) => {
+            eprintln!("lab run failed: {e}");
+            (Tally::default(), false)
+        }
+    };
+    Ok(Phase {
+        name: "lab",
+        tally,
+        ok,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_adds_test_result_lines() {
+        let mut t = Tally::default();
+        t.add_text(
+            "running 3 tests\n\
+             test result: ok. 3 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
+             test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out\n\
+             test something ... ok\n",
+        );
+        assert_eq!(
+            t,
+            Tally {
+                passed: 4,
+                failed: 2
+            }
+        );
+    }
+
+    #[test]
+    fn test_binaries_come_from_test_profile_artifacts() {
+        let json = r#"{"reason":"compiler-artifact","manifest_path":"/w/tests/Cargo.toml","profile":{"test":true},"executable":"/w/target/debug/deps/boot-1"}
+{"reason":"compiler-artifact","manifest_path":"/w/vmm/Cargo.toml","profile":{"test":false},"executable":"/w/target/debug/sandbox-vmm"}
+{"reason":"compiler-artifact","manifest_path":"/w/x/Cargo.toml","profile":{"test":true},"executable":null}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            parse_test_binaries(json),
+            vec![TestBinary {
+                path: "/w/target/debug/deps/boot-1".into(),
+                package_dir: "/w/tests".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn lab_script_runs_ignored_tests_serially_and_keeps_failures() {
+        let s = lab_script(&[TestBinary {
+            path: "/w/t/boot-1".into(),
+            package_dir: "/w/tests".into(),
+        }]);
+        assert!(s.contains("cd '/w/tests' && '/w/t/boot-1' --ignored --test-threads=1 || rc=1"));
+        assert!(s.ends_with("exit $rc\n"));
+    }
 }

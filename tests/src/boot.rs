@@ -1,0 +1,323 @@
+//! Booting the guest (our vmlinux + initramfs) to agent-ready under a VMM, timed: the
+//! reference boot with QEMU microvm, and the same with our `sandbox-vmm`. Needs real KVM.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The agent's readiness line on the console (see docs/CONVENTIONS.md).
+pub const READY_MARKER: &str = "SANDBOX-AGENT-READY uptime_ms=";
+/// Kernel command line of the timed boot: the agent powers off right after it is ready.
+pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet sandbox.exit_after_ready";
+/// The same for QEMU microvm, which has no i8042 to reset through: a triple fault resets
+/// it, and `-no-reboot` turns the reset into QEMU's exit.
+pub const QEMU_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet sandbox.exit_after_ready";
+/// Guest memory of the timed boot.
+pub const MEMORY_MIB: u32 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot start {program}: {source}")]
+    Spawn { program: PathBuf, source: io::Error },
+    #[error("{program} exited ({status}) before the agent was ready; console:\n{console}")]
+    ExitedEarly {
+        program: PathBuf,
+        status: String,
+        console: String,
+    },
+    #[error("no `{READY_MARKER}<N>` line from {program} within {} s; console:\n{console}", .timeout.as_secs())]
+    NotReady {
+        program: PathBuf,
+        timeout: Duration,
+        console: String,
+    },
+    #[error("waiting for {program} failed: {source}")]
+    Wait { program: PathBuf, source: io::Error },
+}
+
+/// Which VMM boots the guest.
+#[derive(Debug, Clone)]
+pub enum Vmm {
+    /// `qemu-system-x86_64 -M microvm`, the reference.
+    Qemu,
+    /// Our VMM binary.
+    Sandbox { binary: PathBuf },
+}
+
+/// One timed boot.
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    pub vmm: Vmm,
+    pub vmlinux: PathBuf,
+    pub initramfs: PathBuf,
+    /// Limit for reaching the marker.
+    pub ready_timeout: Duration,
+    /// Limit for the VMM to exit after the marker, before it is killed.
+    pub exit_timeout: Duration,
+}
+
+/// What a timed boot measured.
+#[derive(Debug, Clone)]
+pub struct BootReport {
+    /// From the VMM's start to the marker line on its console.
+    pub wall: Duration,
+    /// The guest's CLOCK_BOOTTIME when it printed the marker.
+    pub guest_ms: u64,
+    /// Whether the VMM exited by itself after the marker (else it was killed).
+    pub exited: bool,
+    /// The console up to the VMM's exit.
+    pub console: String,
+}
+
+impl BootReport {
+    /// The line `cargo xtask boot` prints.
+    pub fn summary(&self) -> String {
+        format!(
+            "agent ready in {} ms (guest clock {} ms)",
+            self.wall.as_millis(),
+            self.guest_ms
+        )
+    }
+}
+
+impl BootConfig {
+    pub fn new(vmm: Vmm, vmlinux: PathBuf, initramfs: PathBuf) -> Self {
+        Self {
+            vmm,
+            vmlinux,
+            initramfs,
+            ready_timeout: Duration::from_secs(120),
+            exit_timeout: Duration::from_secs(15),
+        }
+    }
+
+    /// The VMM's command line.
+    pub fn command(&self) -> Command {
+        match &self.vmm {
+            Vmm::Qemu => {
+                let mut c = Command::new("qemu-system-x86_64");
+                c.args(["-accel", "kvm", "-M", "microvm", "-cpu", "host"])
+                    .args(["-m", &format!("{MEMORY_MIB}M")])
+                    .args(["-smp", "1", "-nodefaults", "-no-user-config"])
+                    .args(["-nographic", "-no-reboot", "-serial", "stdio"])
+                    .arg("-kernel")
+                    .arg(&self.vmlinux)
+                    .arg("-initrd")
+                    .arg(&self.initramfs)
+                    .args(["-append", QEMU_CMDLINE]);
+                c
+            }
+            Vmm::Sandbox { binary } => {
+                let mut c = Command::new(binary);
+                c.arg("--kernel")
+                    .arg(&self.vmlinux)
+                    .arg("--initrd")
+                    .arg(&self.initramfs)
+                    .args(["--cmdline", CMDLINE])
+                    .args(["--memory", &MEMORY_MIB.to_string()])
+                    .args(["--vcpus", "1", "--serial", "stdout"]);
+                c
+            }
+        }
+    }
+
+    fn program(&self) -> PathBuf {
+        self.command().get_program().into()
+    }
+
+    /// Boots, waits for the marker and for the VMM's exit (killing it after `exit_timeout`).
+    pub fn run(&self) -> Result<BootReport, Error> {
+        let program = self.program();
+        let mut cmd = self.command();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe; it only asks for SIGKILL when we die.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let start = Instant::now();
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let (tx, lines) = mpsc::channel();
+        for pipe in [
+            child.stdout.take().map(OwnedFd::from),
+            child.stderr.take().map(OwnedFd::from),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(File::from(pipe)).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send((Instant::now(), line)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+
+        let mut console = String::new();
+        let ready_deadline = start + self.ready_timeout;
+        let ready = loop {
+            let left = ready_deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok((at, line)) => {
+                    console.push_str(line.trim_end_matches('\r'));
+                    console.push('\n');
+                    if let Some(ms) = parse_marker(&line) {
+                        break Some((at - start, ms));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() >= ready_deadline {
+                break None;
+            }
+        };
+        let Some((wall, guest_ms)) = ready else {
+            let status = kill(&mut child).map_err(|source| Error::Wait {
+                program: program.clone(),
+                source,
+            })?;
+            return Err(match status {
+                Some(status) => Error::ExitedEarly {
+                    program,
+                    status: status.to_string(),
+                    console,
+                },
+                None => Error::NotReady {
+                    program,
+                    timeout: self.ready_timeout,
+                    console,
+                },
+            });
+        };
+
+        let exit_deadline = Instant::now() + self.exit_timeout;
+        let mut exited = false;
+        while Instant::now() < exit_deadline {
+            if child
+                .try_wait()
+                .map_err(|source| Error::Wait {
+                    program: program.clone(),
+                    source,
+                })?
+                .is_some()
+            {
+                exited = true;
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        if !exited {
+            kill(&mut child).map_err(|source| Error::Wait {
+                program: program.clone(),
+                source,
+            })?;
+        }
+        while let Ok((_, line)) = lines.recv_timeout(Duration::from_millis(200)) {
+            console.push_str(line.trim_end_matches('\r'));
+            console.push('\n');
+        }
+        Ok(BootReport {
+            wall,
+            guest_ms,
+            exited,
+            console,
+        })
+    }
+}
+
+/// Kills the VMM's process group; returns its status if it had already exited.
+fn kill(child: &mut Child) -> io::Result<Option<ExitStatus>> {
+    if let Some(status) = child.try_wait()? {
+        return Ok(Some(status));
+    }
+    // SAFETY: killpg only sends a signal to the group our live child leads.
+    unsafe {
+        libc::killpg(child.id() as libc::pid_t, libc::SIGKILL);
+    }
+    child.wait()?;
+    Ok(None)
+}
+
+/// `... SANDBOX-AGENT-READY uptime_ms=123` → 123.
+pub fn parse_marker(line: &str) -> Option<u64> {
+    let rest = &line[line.find(READY_MARKER)? + READY_MARKER.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_marker_anywhere_in_a_line() {
+        assert_eq!(
+            parse_marker("SANDBOX-AGENT-READY uptime_ms=812\r"),
+            Some(812)
+        );
+        assert_eq!(
+            parse_marker("[ 1.0] x SANDBOX-AGENT-READY uptime_ms=5 y"),
+            Some(5)
+        );
+        assert_eq!(parse_marker("SANDBOX-AGENT-READY uptime_ms="), None);
+        assert_eq!(parse_marker("booting"), None);
+    }
+
+    #[test]
+    fn qemu_reference_command_line() {
+        let cfg = BootConfig::new(Vmm::Qemu, "/g/vmlinux".into(), "/g/initramfs.cpio".into());
+        let args: Vec<String> = cfg
+            .command()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(
+            joined.starts_with("-accel kvm -M microvm -cpu host -m 256M"),
+            "{joined}"
+        );
+        assert!(joined.contains("-kernel /g/vmlinux -initrd /g/initramfs.cpio"));
+        assert_eq!(args.last().unwrap(), QEMU_CMDLINE);
+    }
+
+    #[test]
+    fn sandbox_vmm_command_line() {
+        let vmm = Vmm::Sandbox {
+            binary: "/t/sandbox-vmm".into(),
+        };
+        let cfg = BootConfig::new(vmm, "/g/vmlinux".into(), "/g/initramfs.cpio".into());
+        let args: Vec<String> = cfg
+            .command()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args.join(" "),
+            format!(
+                "--kernel /g/vmlinux --initrd /g/initramfs.cpio --cmdline {CMDLINE} \
+                 --memory 256 --vcpus 1 --serial stdout"
+            )
+        );
+    }
+}
