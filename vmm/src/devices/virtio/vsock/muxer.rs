@@ -644,4 +644,32 @@ mod tests {
         assert_eq!(parse_connect(b"CONNECT x"), None);
         assert_eq!(parse_connect(b"CONNECT 99999999999"), None);
     }
+
+    #[test]
+    fn guest_gets_credit_update_once_the_host_consumed_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(&dir);
+        let mut target = m.path().as_os_str().to_owned();
+        target.push("_5002");
+        let listener = UnixListener::bind(&target).unwrap();
+        m.send_pkt(&guest_pkt(op::REQUEST, 9, 5002, &[], 65536, 0));
+        let (mut peer, _) = listener.accept().unwrap();
+        assert_eq!(m.recv_pkt(4096).unwrap().hdr.op, op::RESPONSE);
+        // Below the threshold the guest is not bothered.
+        let small = vec![5u8; 1000];
+        m.send_pkt(&guest_pkt(op::RW, 9, 5002, &small, 65536, 0));
+        assert!(!m.has_pending_rx());
+        let chunk = vec![6u8; CONN_BUF_SIZE as usize / 4];
+        m.send_pkt(&guest_pkt(op::RW, 9, 5002, &chunk, 65536, 0));
+        let mut got = vec![0u8; small.len() + chunk.len()];
+        peer.read_exact(&mut got).unwrap();
+        // Whatever the host socket took counts; the update carries our fwd_cnt.
+        let pkt = m.recv_pkt(4096).unwrap();
+        assert_eq!(pkt.hdr.op, op::CREDIT_UPDATE);
+        assert_eq!(pkt.hdr.fwd_cnt as usize, small.len() + chunk.len());
+        assert_eq!(pkt.hdr.buf_alloc, CONN_BUF_SIZE);
+        // A credit request is answered with an update.
+        m.send_pkt(&guest_pkt(op::CREDIT_REQUEST, 9, 5002, &[], 65536, 0));
+        assert_eq!(m.recv_pkt(4096).unwrap().hdr.op, op::CREDIT_UPDATE);
+    }
 }
