@@ -295,7 +295,7 @@ mod tests {
     #[test]
     fn random_tx_chains_never_panic() {
         let mem = guest_memory();
-        let mut seed: u64 = 0x0dd_c0ffe_e15_600d;
+        let mut seed: u64 = 0x00dd_c0ff_ee15_600d;
         let mut next = move || {
             seed ^= seed >> 12;
             seed ^= seed << 25;
