@@ -59,7 +59,6 @@ pub struct Connection {
     peer_shutdown: u32,
     pending_request: bool,
     pending_response: bool,
-    pending_shutdown: bool,
     pending_credit_update: bool,
     pending_credit_request: bool,
     credit_requested: bool,
@@ -103,7 +102,6 @@ impl Connection {
             peer_shutdown: 0,
             pending_request: false,
             pending_response: false,
-            pending_shutdown: false,
             pending_credit_update: false,
             pending_credit_request: false,
             credit_requested: false,
@@ -136,7 +134,6 @@ impl Connection {
         self.state == ConnState::Killed
             || self.pending_request
             || self.pending_response
-            || self.pending_shutdown
             || self.pending_credit_update
             || self.pending_credit_request
             || (self.host_readable && self.can_read_host())
@@ -188,11 +185,6 @@ impl Connection {
         if std::mem::take(&mut self.pending_response) {
             return Some(self.control(op::RESPONSE));
         }
-        if std::mem::take(&mut self.pending_shutdown) {
-            let mut p = self.control(op::SHUTDOWN);
-            p.hdr.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
-            return Some(p);
-        }
         if std::mem::take(&mut self.pending_credit_update) {
             return Some(self.control(op::CREDIT_UPDATE));
         }
@@ -206,11 +198,12 @@ impl Connection {
         let mut data = vec![0u8; want];
         match self.stream.read(&mut data) {
             Ok(0) => {
-                // The host closed its end: tell the guest neither side will send more.
+                // The host will send no more; it may still read (a half-close), so the
+                // guest is told only about our sending side.
                 self.host_eof = true;
                 self.host_readable = false;
                 let mut p = self.control(op::SHUTDOWN);
-                p.hdr.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+                p.hdr.flags = SHUTDOWN_SEND;
                 Some(p)
             }
             Ok(n) => {

@@ -514,12 +514,24 @@ mod tests {
             "our fwd_cnt counts the 4 bytes the host took"
         );
 
-        // The host hangs up: the guest is told, and its RST closes the connection.
-        drop(host);
+        // The host half-closes: the guest learns the host sends no more, and data still
+        // flows to the host.
+        host.shutdown(std::net::Shutdown::Write).unwrap();
         assert!(pump(&mut m));
         let pkt = m.recv_pkt(4096).unwrap();
         assert_eq!(pkt.hdr.op, op::SHUTDOWN);
-        assert_eq!(pkt.hdr.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
+        assert_eq!(pkt.hdr.flags, SHUTDOWN_SEND);
+        m.send_pkt(&guest_pkt(op::RW, 1024, hp, b"late", 65536, 0));
+        host.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"late");
+        // The guest closes: both directions shut, we answer RST and the host sees EOF.
+        let mut shut = guest_pkt(op::SHUTDOWN, 1024, hp, &[], 65536, 0);
+        shut.hdr.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+        m.send_pkt(&shut);
+        assert_eq!(m.recv_pkt(4096).unwrap().hdr.op, op::RST);
+        assert_eq!(m.connection_count(), 0);
+        assert_eq!(host.read(&mut buf).unwrap(), 0);
+        // A guest RST for a connection already gone is ignored.
         m.send_pkt(&guest_pkt(op::RST, 1024, hp, &[], 65536, 0));
         assert_eq!(m.connection_count(), 0);
     }
