@@ -1,4 +1,14 @@
 //! sandbox-vmm: a microVM monitor on KVM, one process per microVM.
-//! Boot order: create VM, memory, vCPUs, load kernel, devices, run.
+//! Boot order (builder.rs): create VM, memory, load kernel, devices, vCPUs, run.
+pub mod api;
+pub mod arch;
+pub mod builder;
+pub mod config;
 pub mod device_manager;
 pub mod devices;
+pub mod event_loop;
+pub mod vstate;
+
+pub use builder::{build_microvm, BootTimer, BuildError, Vmm};
+pub use config::{Cli, ConfigError, VmConfig};
+pub use vstate::ExitReason;

@@ -1,1 +1,3 @@
 //! Device managers: place devices on buses, wire their interrupts and notifications.
+pub mod legacy;
+pub mod mmio;

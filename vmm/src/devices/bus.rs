@@ -43,7 +43,9 @@ impl Bus {
         if len == 0 {
             return Err(BusError::ZeroLength(base));
         }
-        let end = base.checked_add(len).ok_or(BusError::Overlap { base, len })?;
+        let end = base
+            .checked_add(len)
+            .ok_or(BusError::Overlap { base, len })?;
         if let Some((b, (l, _))) = self.ranges.range(..end).next_back() {
             if b + l > base {
                 return Err(BusError::Overlap { base, len });
@@ -102,11 +104,17 @@ mod tests {
         bus.insert(dev.clone(), 0x100, 0x10).unwrap();
         assert_eq!(
             bus.insert(dev.clone(), 0x10f, 1),
-            Err(BusError::Overlap { base: 0x10f, len: 1 })
+            Err(BusError::Overlap {
+                base: 0x10f,
+                len: 1
+            })
         );
         assert_eq!(
             bus.insert(dev.clone(), 0xf8, 0x10),
-            Err(BusError::Overlap { base: 0xf8, len: 0x10 })
+            Err(BusError::Overlap {
+                base: 0xf8,
+                len: 0x10
+            })
         );
         bus.insert(dev.clone(), 0x110, 1).unwrap();
         let mut b = [0u8; 2];

@@ -1,0 +1,313 @@
+//! The API socket as an event-manager subscriber: accepts connections, reads one request
+//! per line, answers one JSON object per line, and acts on the VM through `VmControl`.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use serde::Deserialize;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::builder::VirtioDevices;
+use crate::devices::legacy::I8042;
+use crate::event_loop::Subscriber;
+use crate::vstate::vcpu::{self, VcpuControl, VcpuHandle};
+use crate::vstate::{ExitReason, ExitSignal};
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 4096;
+/// Grace period of `shutdown` before the VMM stops the guest itself.
+const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5000;
+
+/// Errors of API set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot create the shutdown timer: {0}")]
+    Timer(vmm_sys_util::errno::Error),
+    #[error("--api-sock {path}: cannot listen: {source}")]
+    Bind {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What the API acts on.
+pub struct VmControl {
+    pub exit: Arc<ExitSignal>,
+    pub control: Arc<VcpuControl>,
+    pub vcpus: Arc<Vec<VcpuHandle>>,
+    pub devices: Arc<Mutex<VirtioDevices>>,
+    pub i8042: Arc<Mutex<I8042>>,
+}
+
+/// A request line: `{"action": "pause"}` or just `pause`.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    action: String,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+fn parse_request(line: &str) -> Result<Request, String> {
+    let line = line.trim();
+    if line.starts_with('{') {
+        serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
+    } else {
+        Ok(Request {
+            action: line.to_string(),
+            timeout_ms: None,
+        })
+    }
+}
+
+fn reply_ok(state: &str) -> String {
+    serde_json::json!({"ok": true, "state": state}).to_string()
+}
+
+fn reply_err(error: &str) -> String {
+    serde_json::json!({"ok": false, "error": error}).to_string()
+}
+
+/// The bound socket, before the VM runs.
+pub struct ApiServerHandle {
+    listener: UnixListener,
+    path: PathBuf,
+    shutdown_timer: TimerFd,
+}
+
+impl ApiServerHandle {
+    /// Binds the socket at `path` (removed again when the VMM exits).
+    pub fn bind(path: &Path) -> Result<Self, ApiError> {
+        let listener = UnixListener::bind(path).map_err(|source| ApiError::Bind {
+            path: path.display().to_string(),
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ApiError::Bind {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let shutdown_timer = TimerFd::new().map_err(ApiError::Timer)?;
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+            shutdown_timer,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The event-loop subscriber serving the socket.
+    pub fn into_subscriber(self, vm: VmControl) -> Subscriber {
+        Arc::new(Mutex::new(ApiServer {
+            listener: self.listener,
+            conns: HashMap::new(),
+            vm,
+            shutdown_timer: self.shutdown_timer,
+        }))
+    }
+}
+
+struct Connection {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+struct ApiServer {
+    listener: UnixListener,
+    conns: HashMap<RawFd, Connection>,
+    vm: VmControl,
+    shutdown_timer: TimerFd,
+}
+
+impl ApiServer {
+    fn state(&self) -> &'static str {
+        if self.vm.control.is_paused() {
+            "paused"
+        } else {
+            "running"
+        }
+    }
+
+    fn handle(&mut self, req: Request) -> String {
+        match req.action.as_str() {
+            "state" => reply_ok(self.state()),
+            "pause" => {
+                vcpu::pause_vcpus(&self.vm.control, &self.vm.vcpus, &self.vm.exit);
+                reply_ok(self.state())
+            }
+            "resume" => {
+                vcpu::resume_vcpus(&self.vm.control);
+                reply_ok(self.state())
+            }
+            "shutdown" => {
+                vcpu::resume_vcpus(&self.vm.control);
+                self.vm
+                    .i8042
+                    .lock()
+                    .expect("i8042 poisoned")
+                    .inject_ctrl_alt_del();
+                let grace = req.timeout_ms.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_MS);
+                match self
+                    .shutdown_timer
+                    .reset(Duration::from_millis(grace.max(1)), None)
+                {
+                    Ok(()) => reply_ok("shutting-down"),
+                    Err(e) => reply_err(&format!("cannot arm the shutdown timer: {e}")),
+                }
+            }
+            "flush-and-exit" => {
+                self.vm.devices.lock().expect("devices poisoned").flush();
+                self.vm.exit.request(ExitReason::ApiExit);
+                reply_ok("exiting")
+            }
+            other => reply_err(&format!("unknown action {other:?}")),
+        }
+    }
+
+    fn accept(&mut self, ops: &mut EventOps) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let fd = stream.as_raw_fd();
+                    if ops
+                        .add(Events::new_raw(fd, EventSet::IN | EventSet::READ_HANG_UP))
+                        .is_ok()
+                    {
+                        self.conns.insert(
+                            fd,
+                            Connection {
+                                stream,
+                                buf: Vec::new(),
+                            },
+                        );
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "api: accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads what is available; answers every complete line. Returns false to close.
+    fn serve(&mut self, fd: RawFd) -> bool {
+        let Some(mut conn) = self.conns.remove(&fd) else {
+            return false;
+        };
+        let mut chunk = [0u8; 512];
+        let open = loop {
+            match conn.stream.read(&mut chunk) {
+                Ok(0) => break false,
+                Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break false,
+            }
+        };
+        while let Some(pos) = conn.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = conn.buf.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line);
+            if text.trim().is_empty() {
+                continue;
+            }
+            let answer = match parse_request(&text) {
+                Ok(req) => self.handle(req),
+                Err(e) => reply_err(&e),
+            };
+            // Replies are short; a client that does not read them is dropped.
+            let _ = conn.stream.set_nonblocking(false);
+            let _ = conn.stream.set_write_timeout(Some(Duration::from_secs(1)));
+            if conn
+                .stream
+                .write_all(format!("{answer}\n").as_bytes())
+                .is_err()
+            {
+                return false;
+            }
+            let _ = conn.stream.set_nonblocking(true);
+        }
+        if conn.buf.len() > MAX_LINE {
+            let _ = conn
+                .stream
+                .write_all(format!("{}\n", reply_err("request line too long")).as_bytes());
+            return false;
+        }
+        if open {
+            self.conns.insert(fd, conn);
+        }
+        open
+    }
+
+    /// Ends a `shutdown` whose grace period ran out.
+    fn shutdown_overdue(&mut self) {
+        let _ = self.shutdown_timer.wait();
+        tracing::warn!("api: the guest did not shut down in time; stopping it");
+        self.vm.devices.lock().expect("devices poisoned").flush();
+        self.vm.exit.request(ExitReason::ApiExit);
+    }
+}
+
+impl MutEventSubscriber for ApiServer {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
+            tracing::error!(error = ?e, "api: cannot watch the listening socket");
+        }
+        if let Err(e) = ops.add(Events::new(&self.shutdown_timer, EventSet::IN)) {
+            tracing::error!(error = ?e, "api: cannot watch the shutdown timer");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.listener.as_raw_fd() {
+            self.accept(ops);
+        } else if fd == self.shutdown_timer.as_raw_fd() {
+            self.shutdown_overdue();
+        } else if !self.serve(fd) {
+            let _ = ops.remove(Events::empty_raw(fd));
+            self.conns.remove(&fd);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_as_json_or_bare_words() {
+        assert_eq!(
+            parse_request("{\"action\": \"pause\"}\n").unwrap(),
+            Request {
+                action: "pause".into(),
+                timeout_ms: None
+            }
+        );
+        assert_eq!(parse_request("state\n").unwrap().action, "state");
+        assert_eq!(
+            parse_request("{\"action\":\"shutdown\",\"timeout_ms\":10}")
+                .unwrap()
+                .timeout_ms,
+            Some(10)
+        );
+        assert!(parse_request("{\"verb\": \"x\"}")
+            .unwrap_err()
+            .contains("unknown field"));
+    }
+}

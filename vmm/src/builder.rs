@@ -1,0 +1,443 @@
+//! Builds and runs a microVM from a `VmConfig`, one function per boot step: create the VM,
+//! guest memory, load the kernel, devices, system tables, vCPUs, then run the event loop.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::{load_cmdline, Elf, KernelLoader, PvhBootCapability};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MMIO_GAP_START};
+use crate::arch::pvh::{configure_pvh, InitrdRegion, PvhError};
+use crate::arch::{mptable, regs};
+use crate::config::VmConfig;
+use crate::device_manager::legacy::{LegacyDeviceError, PortIoDeviceManager};
+use crate::device_manager::mmio::MmioDeviceManager;
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::Bus;
+use crate::event_loop::{EventLoop, EventLoopError};
+use crate::vstate::memory::{create_guest_memory, GuestMemoryMmap, MemoryError};
+use crate::vstate::vcpu::{self, Vcpu, VcpuControl, VcpuError, VcpuHandle};
+use crate::vstate::vm::{Vm, VmError};
+use crate::vstate::{ExitReason, ExitSignal};
+
+/// Errors of building or running the microVM; each names the file or setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error("--kernel {path}: {reason}")]
+    Kernel { path: String, reason: String },
+    #[error("--kernel {0}: no PVH entry point (ELF note XEN_ELFNOTE_PHYS32_ENTRY); build the kernel with CONFIG_PVH=y")]
+    NoPvhEntry(String),
+    #[error("--initrd {path}: {reason}")]
+    Initrd { path: String, reason: String },
+    #[error("--cmdline: {0}")]
+    Cmdline(String),
+    #[error(transparent)]
+    Legacy(#[from] LegacyDeviceError),
+    #[error("cannot write the boot structures: {0}")]
+    BootStructures(String),
+    #[error(transparent)]
+    Pvh(#[from] PvhError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    #[error("cannot create the exit eventfd: {0}")]
+    ExitEvent(std::io::Error),
+    #[error("{0}")]
+    Virtio(String),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
+}
+
+/// Logs the time since process start of each boot phase when `--debug` is on.
+#[derive(Debug, Clone, Copy)]
+pub struct BootTimer {
+    start: Instant,
+    enabled: bool,
+}
+
+impl BootTimer {
+    pub fn new(start: Instant, enabled: bool) -> Self {
+        Self { start, enabled }
+    }
+
+    /// Logs that `phase` is done.
+    pub fn phase(&self, phase: &str) {
+        if self.enabled {
+            let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+            tracing::info!("boot phase {phase}: done at {ms:.3} ms since process start");
+        }
+    }
+}
+
+/// Where the kernel landed.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelEntry {
+    pub entry: GuestAddress,
+    pub end: u64,
+}
+
+/// Step 1: the VM with its irqchip and PIT.
+pub fn create_vm() -> Result<Vm, BuildError> {
+    let vm = Vm::create_vm()?;
+    vm.setup_irqchip()?;
+    Ok(vm)
+}
+
+/// Step 2: guest memory, registered with KVM.
+pub fn create_memory(vm: &Vm, mib: u64) -> Result<GuestMemoryMmap, BuildError> {
+    let mem = create_guest_memory(mib)?;
+    vm.register_memory(&mem)?;
+    Ok(mem)
+}
+
+/// Step 3: the ELF vmlinux at its physical addresses; returns its PVH entry point.
+pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelEntry, BuildError> {
+    let err = |reason: String| BuildError::Kernel {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut file = File::open(path).map_err(|e| err(e.to_string()))?;
+    let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+        .map_err(|e| err(e.to_string()))?;
+    match loaded.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(entry) => Ok(KernelEntry {
+            entry,
+            end: loaded.kernel_end,
+        }),
+        _ => Err(BuildError::NoPvhEntry(path.display().to_string())),
+    }
+}
+
+/// Step 3b: the initrd, page-aligned at the top of RAM below the MMIO gap.
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel_end: u64,
+) -> Result<InitrdRegion, BuildError> {
+    let err = |reason: String| BuildError::Initrd {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut file = File::open(path).map_err(|e| err(e.to_string()))?;
+    let size = file.metadata().map_err(|e| err(e.to_string()))?.len();
+    let low_end = mem
+        .iter()
+        .map(|r| r.last_addr().raw_value() + 1)
+        .filter(|&end| end <= MMIO_GAP_START)
+        .max()
+        .unwrap_or(0);
+    let address = low_end
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|&a| a >= kernel_end)
+        .ok_or_else(|| {
+            err(format!(
+                "{size} bytes do not fit in guest memory above the kernel (ends at {kernel_end:#x}); raise --memory"
+            ))
+        })?;
+    mem.read_exact_volatile_from(GuestAddress(address), &mut file, size as usize)
+        .map_err(|e| err(e.to_string()))?;
+    Ok(InitrdRegion {
+        address: GuestAddress(address),
+        size,
+    })
+}
+
+/// The kernel command line: the configured one plus device entries.
+pub fn build_cmdline(base: &str, extra: &[String]) -> Result<Cmdline, BuildError> {
+    let mut cmdline =
+        Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    if !base.is_empty() {
+        cmdline
+            .insert_str(base)
+            .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    }
+    for entry in extra {
+        cmdline
+            .insert_str(entry)
+            .map_err(|e| BuildError::Cmdline(format!("cannot add {entry:?}: {e}")))?;
+    }
+    Ok(cmdline)
+}
+
+/// Step 5: command line, PVH start info, MP table, boot GDT.
+pub fn configure_system(
+    mem: &GuestMemoryMmap,
+    cmdline: &Cmdline,
+    initrd: Option<InitrdRegion>,
+    num_cpus: u8,
+) -> Result<(), BuildError> {
+    load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
+        .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    configure_pvh(mem, initrd)?;
+    mptable::setup_mptable(mem, num_cpus).map_err(|e| BuildError::BootStructures(e.to_string()))?;
+    regs::write_gdt_and_idt(mem).map_err(|e| BuildError::BootStructures(e.to_string()))
+}
+
+/// Step 6: creates and configures every vCPU.
+pub fn create_vcpus(
+    vm: &Vm,
+    count: u8,
+    entry: GuestAddress,
+    buses: (&Bus, &Bus),
+    exit: &Arc<ExitSignal>,
+    control: &Arc<VcpuControl>,
+    timer: Option<BootTimer>,
+) -> Result<Vec<Vcpu>, BuildError> {
+    (0..count)
+        .map(|id| {
+            let vcpu = Vcpu::new(
+                vm.fd(),
+                id,
+                buses.0.clone(),
+                buses.1.clone(),
+                exit.clone(),
+                control.clone(),
+                if id == 0 { timer } else { None },
+            )?;
+            vcpu.configure(vm.kvm(), count, entry.raw_value())?;
+            Ok(vcpu)
+        })
+        .collect()
+}
+
+/// The virtio devices on the MMIO bus, the command-line entries that declare them, and
+/// the block devices to flush before an API exit.
+#[derive(Default)]
+pub struct VirtioDevices {
+    pub cmdline: Vec<String>,
+    blocks: Vec<Arc<Mutex<Block>>>,
+}
+
+impl VirtioDevices {
+    /// Flushes every block device to its backing file.
+    pub fn flush(&mut self) {
+        for block in &self.blocks {
+            let block = block.lock().expect("block device poisoned");
+            if let Err(e) = block.flush() {
+                tracing::error!(path = %block.path().display(), error = %e, "cannot flush block device");
+            }
+        }
+    }
+}
+
+/// Step 4: virtio-mmio devices from the configuration: block devices in order, then vsock.
+pub fn attach_virtio_devices(
+    config: &VmConfig,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    mmio_bus: &mut Bus,
+    event_loop: &mut EventLoop,
+) -> Result<VirtioDevices, BuildError> {
+    let mut manager = MmioDeviceManager::new();
+    let mut blocks = Vec::new();
+    for b in &config.blocks {
+        let block = Block::new(&b.path, b.read_only)
+            .map_err(|e| BuildError::Virtio(format!("--block {}: {e}", b.path.display())))?;
+        let block = Arc::new(Mutex::new(block));
+        manager
+            .register_virtio(
+                vm.fd(),
+                mem,
+                mmio_bus,
+                event_loop.manager_mut(),
+                block.clone(),
+            )
+            .map_err(|e| BuildError::Virtio(format!("--block {}: {e}", b.path.display())))?;
+        blocks.push(block);
+    }
+    if let Some(v) = &config.vsock {
+        let vsock = Vsock::new(u64::from(v.cid), &v.uds_path)
+            .map_err(|e| BuildError::Virtio(format!("--vsock {}: {e}", v.uds_path.display())))?;
+        manager
+            .register_virtio(
+                vm.fd(),
+                mem,
+                mmio_bus,
+                event_loop.manager_mut(),
+                Arc::new(Mutex::new(vsock)),
+            )
+            .map_err(|e| BuildError::Virtio(format!("--vsock {}: {e}", v.uds_path.display())))?;
+    }
+    Ok(VirtioDevices {
+        cmdline: manager.cmdline_entries(),
+        blocks,
+    })
+}
+
+/// A built microVM, ready to run.
+pub struct Vmm {
+    // Declared first so the VM (and its memory slots) go before the memory mapping.
+    vm: Vm,
+    mem: GuestMemoryMmap,
+    exit: Arc<ExitSignal>,
+    control: Arc<VcpuControl>,
+    vcpus: Vec<Vcpu>,
+    legacy: PortIoDeviceManager,
+    devices: VirtioDevices,
+    event_loop: EventLoop,
+    api: Option<crate::api::ApiServerHandle>,
+}
+
+/// Builds the microVM described by `config`.
+pub fn build_microvm(config: &VmConfig, timer: BootTimer) -> Result<Vmm, BuildError> {
+    let exit = Arc::new(ExitSignal::new().map_err(BuildError::ExitEvent)?);
+    let control = Arc::new(VcpuControl::default());
+
+    let vm = create_vm()?;
+    timer.phase("KVM setup");
+
+    let mem = create_memory(&vm, config.memory_mib)?;
+    timer.phase("memory");
+
+    let kernel = load_kernel(&mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(load_initrd(&mem, path, kernel.end)?),
+        None => None,
+    };
+    timer.phase("load kernel");
+
+    let mut pio_bus = Bus::new();
+    let mut mmio_bus = Bus::new();
+    let legacy = PortIoDeviceManager::new(vm.fd(), &mut pio_bus, &config.serial, exit.clone())?;
+    let mut event_loop = EventLoop::new(exit.clone())?;
+    let devices = attach_virtio_devices(config, &vm, &mem, &mut mmio_bus, &mut event_loop)?;
+    let cmdline = build_cmdline(&config.cmdline, &devices.cmdline)?;
+    configure_system(&mem, &cmdline, initrd, config.vcpus)?;
+    timer.phase("devices");
+
+    vcpu::install_kick_handler()?;
+    let vcpus = create_vcpus(
+        &vm,
+        config.vcpus,
+        kernel.entry,
+        (&pio_bus, &mmio_bus),
+        &exit,
+        &control,
+        Some(timer),
+    )?;
+    timer.phase("vCPUs");
+
+    let api = match &config.api_sock {
+        Some(path) => Some(crate::api::ApiServerHandle::bind(path)?),
+        None => None,
+    };
+
+    Ok(Vmm {
+        vm,
+        mem,
+        exit,
+        control,
+        vcpus,
+        legacy,
+        devices,
+        event_loop,
+        api,
+    })
+}
+
+impl Vmm {
+    /// Starts the vCPUs and runs the event loop until the VM stops; returns why.
+    pub fn run(self) -> Result<ExitReason, BuildError> {
+        let Vmm {
+            vm,
+            mem,
+            exit,
+            control,
+            vcpus,
+            legacy,
+            devices,
+            mut event_loop,
+            api,
+        } = self;
+        let handles: Vec<VcpuHandle> = vcpus
+            .into_iter()
+            .map(Vcpu::start_threaded)
+            .collect::<Result<_, _>>()?;
+        let handles = Arc::new(handles);
+        let devices = Arc::new(Mutex::new(devices));
+        let api_path = api.as_ref().map(|a| a.path().to_path_buf());
+        if let Some(api) = api {
+            event_loop.add(api.into_subscriber(crate::api::VmControl {
+                exit: exit.clone(),
+                control: control.clone(),
+                vcpus: handles.clone(),
+                devices: devices.clone(),
+                i8042: legacy.i8042.clone(),
+            }));
+        }
+        let result = event_loop.run_until_exit(|| {});
+        vcpu::stop_vcpus(&control, &handles);
+        if let Ok(ExitReason::ApiExit) = &result {
+            devices.lock().expect("devices poisoned").flush();
+        }
+        legacy.flush();
+        if let Some(path) = api_path {
+            let _ = std::fs::remove_file(path);
+        }
+        drop(vm);
+        drop(mem);
+        Ok(result?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_gets_device_entries_appended() {
+        let c = build_cmdline(
+            "console=ttyS0",
+            &["virtio_mmio.device=4K@0xd0000000:5".to_string()],
+        )
+        .unwrap();
+        assert_eq!(
+            c.as_cstring().unwrap().to_str().unwrap(),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5"
+        );
+        let long = "a".repeat(CMDLINE_MAX_SIZE + 1);
+        assert!(build_cmdline(&long, &[])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--cmdline: "));
+    }
+
+    #[test]
+    fn initrd_goes_to_the_top_of_low_memory_page_aligned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("initrd");
+        std::fs::write(&path, vec![0xab; 5000]).unwrap();
+        let mem = create_guest_memory(16).unwrap();
+        let r = load_initrd(&mem, &path, 0x20_0000).unwrap();
+        assert_eq!(r.address.raw_value(), ((16 << 20) - 5000) & !0xfff);
+        assert_eq!(r.size, 5000);
+        let b: u8 = mem.read_obj(r.address.unchecked_add(4999)).unwrap();
+        assert_eq!(b, 0xab);
+        let e = load_initrd(&mem, &path, 16 << 20).unwrap_err().to_string();
+        assert!(e.contains("raise --memory"), "{e}");
+    }
+
+    #[test]
+    fn kernel_without_elf_header_is_rejected_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
+        std::fs::write(&path, vec![0; 256]).unwrap();
+        let mem = create_guest_memory(16).unwrap();
+        let e = load_kernel(&mem, &path).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("--kernel {}: ", path.display())),
+            "{e}"
+        );
+    }
+}

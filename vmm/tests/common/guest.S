@@ -1,0 +1,113 @@
+# Bare test guest, entered through PVH: 32-bit protected mode, flat segments,
+# paging off, EBX = hvm_start_info. The first byte of the kernel command line
+# selects the scenario.
+.code32
+.globl _start
+_start:
+    mov $0x90000, %esp              # PVH gives no stack
+    mov $0x3f8, %dx
+    cmpl $0x336ec578, (%ebx)        # hvm_start_info.magic
+    jne fail
+    mov 24(%ebx), %edi              # cmdline_paddr
+    movzbl (%edi), %eax
+    cmp $'h', %al
+    je hello
+    cmp $'m', %al
+    je mmio
+    cmp $'t', %al
+    je triple
+    cmp $'s', %al
+    je smp
+    cmp $'w', %al
+    je wait
+    jmp fail
+
+hello:
+    mov $msg_hello, %esi
+    call print
+    mov %edi, %esi                  # echo the command line
+    call print
+    mov $msg_nl, %esi
+    call print
+    jmp reset
+
+mmio:
+    movl $0x12345678, 0xe0000000
+    mov 0xe0000000, %eax
+    cmp $0xffffffff, %eax
+    jne fail
+    mov $msg_mmio, %esi
+    call print
+    jmp reset
+
+triple:
+    ud2
+
+smp:
+    movzbl 1(%edi), %ecx            # expected vCPUs, '1'..'9'
+    sub $'1', %ecx                  # expected APs
+    movl $0, 0x9000
+    mov $ap_start, %esi
+    mov $0x8000, %edi
+    push %ecx
+    mov $(ap_end - ap_start), %ecx
+    rep movsb
+    pop %ecx
+    movl $0, 0xfee00310
+    movl $0x000c4500, 0xfee00300    # INIT, all excluding self
+    movl $0x000c4608, 0xfee00300    # SIPI, vector 0x08 -> 0x8000
+    mov $0x40000000, %ebx           # spin limit
+1:  cmp %ecx, 0x9000
+    je 2f
+    pause
+    dec %ebx
+    jnz 1b
+2:  mov $msg_cpus, %esi
+    call print
+    mov 0x9000, %eax
+    add $'1', %al
+    mov $0x3f8, %dx
+    out %al, %dx
+    mov $msg_nl, %esi
+    call print
+    jmp reset
+
+wait:
+    mov $msg_wait, %esi
+    call print
+1:  pause
+    jmp 1b
+
+fail:
+    mov $msg_fail, %esi
+    call print
+reset:
+    mov $0xfe, %al
+    out %al, $0x64
+1:  hlt
+    jmp 1b
+
+print:
+    lodsb
+    test %al, %al
+    jz 1f
+    out %al, %dx
+    jmp print
+1:  ret
+
+.code16
+ap_start:
+    xor %ax, %ax
+    mov %ax, %ds
+    lock incl 0x9000
+    cli
+1:  hlt
+    jmp 1b
+ap_end:
+
+msg_hello: .asciz "hello from the guest, cmdline: "
+msg_nl:    .asciz "\n"
+msg_mmio:  .asciz "MMIO-OK\n"
+msg_cpus:  .asciz "CPUS="
+msg_wait:  .asciz "WAITING\n"
+msg_fail:  .asciz "FAIL\n"
