@@ -23,6 +23,9 @@ pub struct Args {
     /// Do not run the ignored (real KVM) tests in the lab.
     #[arg(long)]
     pub skip_lab: bool,
+    /// Test only these packages (default: the whole workspace).
+    #[arg(long, short)]
+    pub package: Vec<String>,
     /// Limit for the lab run, in seconds.
     #[arg(long, default_value_t = 1800)]
     pub lab_timeout: u64,
@@ -73,11 +76,12 @@ pub fn run(args: Args) -> Result<()> {
     if !args.skip_setup {
         setup::run(setup::Args::default()).context("cargo xtask setup")?;
     }
+    let selection = package_args(&args.package);
     if !args.skip_host {
-        phases.push(host_tests(&root)?);
+        phases.push(host_tests(&root, &selection)?);
     }
     if !args.skip_lab {
-        phases.push(lab_tests(&root, args.lab_timeout)?);
+        phases.push(lab_tests(&root, &selection, args.lab_timeout)?);
     }
 
     let mut total = Tally::default();
@@ -103,15 +107,27 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// `--workspace`, or `-p NAME` for each selected package.
+fn package_args(packages: &[String]) -> Vec<String> {
+    if packages.is_empty() {
+        return vec!["--workspace".into()];
+    }
+    packages
+        .iter()
+        .flat_map(|p| ["-p".into(), p.clone()])
+        .collect()
+}
+
 fn cargo() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
 /// `cargo test --workspace`: unit and host tests (the KVM ones are ignored there).
-fn host_tests(root: &Path) -> Result<Phase> {
-    println!("==> cargo test --workspace");
+fn host_tests(root: &Path, selection: &[String]) -> Result<Phase> {
+    println!("==> cargo test {}", selection.join(" "));
     let mut child = Command::new(cargo())
-        .args(["test", "--workspace"])
+        .arg("test")
+        .args(selection)
         .current_dir(root)
         .stdout(Stdio::piped())
         .spawn()
@@ -139,15 +155,17 @@ struct TestBinary {
 }
 
 /// Builds the test executables and lists them from cargo's JSON messages.
-fn build_test_binaries(root: &Path) -> Result<Vec<TestBinary>> {
+fn build_test_binaries(root: &Path, selection: &[String]) -> Result<Vec<TestBinary>> {
     let out = Command::new(cargo())
-        .args(["test", "--workspace", "--no-run", "--message-format=json"])
+        .arg("test")
+        .args(selection)
+        .args(["--no-run", "--message-format=json"])
         .current_dir(root)
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo test --no-run")?;
     if !out.status.success() {
-        anyhow::bail!("cargo test --workspace --no-run failed ({})", out.status);
+        anyhow::bail!("cargo test --no-run failed ({})", out.status);
     }
     Ok(parse_test_binaries(&String::from_utf8_lossy(&out.stdout)))
 }
@@ -188,7 +206,7 @@ fn lab_script(binaries: &[TestBinary]) -> String {
     for b in binaries {
         let _ = writeln!(
             s,
-            "echo '==> {name}'\ncd {dir} && {bin} --ignored --test-threads=1 || rc=1",
+            "echo '==> {name}'\ncd {dir} && {bin} --ignored --test-threads=1 --color=never || rc=1",
             name = b.path.file_name().unwrap_or_default().to_string_lossy(),
             dir = q(&b.package_dir),
             bin = q(&b.path),
@@ -199,10 +217,21 @@ fn lab_script(binaries: &[TestBinary]) -> String {
 }
 
 /// The `#[ignore = "needs real KVM..."]` tests, all in one lab VM (or here on a KVM host).
-fn lab_tests(root: &Path, timeout: u64) -> Result<Phase> {
+fn lab_tests(root: &Path, selection: &[String], timeout: u64) -> Result<Phase> {
     println!("==> building test binaries for the lab");
+    let built = match build_test_binaries(root, selection) {
+        Ok(built) => built,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return Ok(Phase {
+                name: "lab",
+                tally: Tally::default(),
+                ok: false,
+            });
+        }
+    };
     let mut binaries = Vec::new();
-    for bin in build_test_binaries(root)? {
+    for bin in built {
         if has_ignored_tests(&bin)? {
             binaries.push(bin);
         }
@@ -301,7 +330,7 @@ mod tests {
             path: "/w/t/boot-1".into(),
             package_dir: "/w/tests".into(),
         }]);
-        assert!(s.contains("cd '/w/tests' && '/w/t/boot-1' --ignored --test-threads=1 || rc=1"));
+        assert!(s.contains("cd '/w/tests' && '/w/t/boot-1' --ignored --test-threads=1 --color=never || rc=1"));
         assert!(s.ends_with("exit $rc\n"));
     }
 }
