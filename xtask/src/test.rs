@@ -330,7 +330,9 @@ mod tests {
             path: "/w/t/boot-1".into(),
             package_dir: "/w/tests".into(),
         }]);
-        assert!(s.contains("cd '/w/tests' && '/w/t/boot-1' --ignored --test-threads=1 --color=never || rc=1"));
+        assert!(s.contains(
+            "cd '/w/tests' && '/w/t/boot-1' --ignored --test-threads=1 --color=never || rc=1"
+        ));
         assert!(s.ends_with("exit $rc\n"));
     }
 }
