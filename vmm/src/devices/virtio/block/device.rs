@@ -2,6 +2,7 @@
 //! processing of the request queue once the driver activated the device.
 
 use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -77,7 +78,14 @@ impl Block {
             path: path.to_owned(),
             source,
         })?;
-        let capacity = meta.len() / SECTOR_SIZE;
+        // Seeking to the end also sizes block devices, whose metadata length is 0.
+        let size = (&disk)
+            .seek(SeekFrom::End(0))
+            .map_err(|source| BlockError::Metadata {
+                path: path.to_owned(),
+                source,
+            })?;
+        let capacity = size / SECTOR_SIZE;
 
         // The serial the guest reads with GET_ID (/sys/block/vdX/serial): the file's
         // device and inode numbers, unique on the host.

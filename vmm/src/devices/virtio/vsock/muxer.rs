@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -70,8 +71,11 @@ impl VsockMuxer {
             path: path.to_owned(),
             source,
         };
-        if std::fs::symlink_metadata(path).is_ok() {
-            std::fs::remove_file(path).map_err(bind_err)?;
+        // A socket left by an earlier run is replaced; any other file is not ours to remove.
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if meta.file_type().is_socket() {
+                std::fs::remove_file(path).map_err(bind_err)?;
+            }
         }
         let listener = UnixListener::bind(path).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
@@ -641,6 +645,22 @@ mod tests {
         }
         assert!(reset);
         assert_eq!(m.connection_count(), 0);
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_but_other_files_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        let m = VsockMuxer::new(GUEST_CID, &path).unwrap();
+        drop(m);
+        assert!(!path.exists(), "the muxer removes its socket when dropped");
+        std::fs::write(&path, b"precious").unwrap();
+        assert!(matches!(
+            VsockMuxer::new(GUEST_CID, &path),
+            Err(MuxerError::Bind { .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
     }
 
     #[test]
