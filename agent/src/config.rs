@@ -17,7 +17,7 @@ pub enum Error {
         flag: &'static str,
         source: AddressError,
     },
-    #[error("unknown argument {0:?} (flags: --listen, --stdio-listen, --resolv-conf, --debug)")]
+    #[error("unknown argument {0:?} (flags: --listen, --stdio-listen, --resolv-conf, --run-dir, --debug)")]
     Unknown(String),
 }
 
@@ -30,6 +30,8 @@ pub struct Config {
     pub stdio_listen: Address,
     /// Where CreateSandbox writes DNS settings; `None` ignores them (host test runs).
     pub resolv_conf: Option<PathBuf>,
+    /// Container bundles and runtime state live here (a tmpfs in the guest).
+    pub run_dir: PathBuf,
     pub debug: bool,
     pub pid1: bool,
 }
@@ -48,6 +50,7 @@ impl Config {
                 port: protocol::STDIO_VSOCK_PORT,
             },
             resolv_conf: pid1.then(|| PathBuf::from("/etc/resolv.conf")),
+            run_dir: PathBuf::from("/run/sandbox"),
             debug: kernel_cmdline
                 .split_whitespace()
                 .any(|w| w == "sandbox.debug"),
@@ -80,6 +83,7 @@ impl Config {
                             })?
                 }
                 "--resolv-conf" => config.resolv_conf = Some(value("--resolv-conf")?.into()),
+                "--run-dir" => config.run_dir = value("--run-dir")?.into(),
                 "--debug" => config.debug = true,
                 other if pid1 => log::debug!("ignoring argument {other:?}"),
                 other => return Err(Error::Unknown(other.to_string())),
@@ -126,6 +130,8 @@ mod tests {
                 "unix:///tmp/a.sock",
                 "--stdio-listen",
                 "unix:///tmp/b.sock",
+                "--run-dir",
+                "/tmp/run",
             ]),
             false,
             "",
@@ -134,6 +140,7 @@ mod tests {
         assert_eq!(c.listen, Address::Unix("/tmp/a.sock".into()));
         assert_eq!(c.stdio_listen, Address::Unix("/tmp/b.sock".into()));
         assert_eq!(c.resolv_conf, None);
+        assert_eq!(c.run_dir, PathBuf::from("/tmp/run"));
         assert!(matches!(
             Config::parse(&args(&["--bogus"]), false, ""),
             Err(Error::Unknown(a)) if a == "--bogus"

@@ -2,6 +2,8 @@
 //! (ttrpc) and the stdio streams on vsock; on a host it can serve Unix sockets for tests.
 
 mod config;
+mod console;
+mod containers;
 mod events;
 mod init;
 mod listener;
@@ -9,6 +11,7 @@ mod logger;
 mod process;
 mod processes;
 mod reaper;
+mod runtime_helper;
 mod sandbox;
 mod service;
 mod stdio;
@@ -29,7 +32,11 @@ use crate::reaper::Reaper;
 use crate::service::AgentService;
 
 fn main() {
-    if let Err(e) = run() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(runtime_helper::FLAG) {
+        std::process::exit(runtime_helper::main(&args[1..]));
+    }
+    if let Err(e) = run(&args) {
         log::error!("{e:#}");
         eprintln!("sandbox-agent: {e:#}");
         if init::is_pid1() {
@@ -40,7 +47,7 @@ fn main() {
     }
 }
 
-fn run() -> Result<()> {
+fn run(args: &[String]) -> Result<()> {
     init::setup().context("early init")?;
     let pid1 = init::is_pid1();
     let cmdline = if pid1 {
@@ -48,13 +55,12 @@ fn run() -> Result<()> {
     } else {
         String::new()
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let config = Config::parse(&args, pid1, &cmdline)?;
+    let config = Config::parse(args, pid1, &cmdline)?;
     logger::init(config.debug);
 
     // Before any thread exists, so every thread inherits the blocked SIGCHLD.
     let reaper = Arc::new(Reaper::new()?);
-    let own_uts = pid1 || private_uts();
+    let own_uts = pid1 || private_namespaces();
     if !pid1 {
         reaper.become_subreaper()?;
     }
@@ -75,6 +81,7 @@ fn run() -> Result<()> {
 
     let (shutdown_tx, shutdown_rx) = mpsc::channel();
     let service = AgentService {
+        containers: containers::Containers::new(config.run_dir.clone()),
         config: config.clone(),
         reaper,
         processes: processes.clone(),
@@ -82,10 +89,11 @@ fn run() -> Result<()> {
         own_uts,
         shutdown: shutdown_tx,
     };
+    let service = Arc::new(service);
     let mut server = ttrpc::Server::new()
         .bind(&config.listen.to_string())
         .with_context(|| format!("listening for the agent API on {}", config.listen))?
-        .register_service(protocol::agent_ttrpc::create_agent(Arc::new(service)));
+        .register_service(protocol::agent_ttrpc::create_agent(service.clone()));
     server
         .start()
         .with_context(|| format!("starting the agent API on {}", config.listen))?;
@@ -100,19 +108,31 @@ fn run() -> Result<()> {
     let _ = shutdown_rx.recv();
     // Let the Shutdown reply leave before connections drop; the host accepts either.
     thread::sleep(Duration::from_millis(20));
+    service.teardown();
     finish(&config, &processes);
     Ok(())
 }
 
-/// Unshares the UTS namespace on a host run so CreateSandbox's hostname stays private.
-fn private_uts() -> bool {
-    match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS) {
+/// On a host run, unshares the UTS and mount namespaces so CreateSandbox's hostname and the
+/// containers' rootfs mounts stay private to this agent and vanish with it. Returns whether
+/// the hostname is private.
+fn private_namespaces() -> bool {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    let uts = match unshare(CloneFlags::CLONE_NEWUTS) {
         Ok(()) => true,
         Err(e) => {
             log::warn!("no private UTS namespace ({e}); CreateSandbox will refuse hostnames");
             false
         }
+    };
+    let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
+    let mounts = unshare(CloneFlags::CLONE_NEWNS)
+        .and_then(|()| mount(None::<&str>, "/", None::<&str>, private, None::<&str>));
+    if let Err(e) = mounts {
+        log::warn!("no private mount namespace ({e}); container mounts are visible on the host");
     }
+    uts
 }
 
 fn start_reaper(

@@ -108,6 +108,36 @@ pub struct Spawned {
     pub tty_control: Option<File>,
 }
 
+/// The process's ends of its stdio pipes; `None` means /dev/null.
+#[derive(Debug, Default)]
+pub struct ChildStdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// A pipe for each announced stream: one end for the process, the other for the agent.
+pub fn pipes(plan: StdioPlan) -> Result<(ChildStdio, StdioEnds), Error> {
+    let mut child = ChildStdio::default();
+    let mut ends = StdioEnds::default();
+    if plan.stdin {
+        let (read, write) = pipe("stdin")?;
+        child.stdin = Some(read);
+        ends.stdin = Some(File::from(write));
+    }
+    if plan.stdout {
+        let (read, write) = pipe("stdout")?;
+        child.stdout = Some(write);
+        ends.stdout = Some(File::from(read));
+    }
+    if plan.stderr {
+        let (read, write) = pipe("stderr")?;
+        child.stderr = Some(write);
+        ends.stderr = Some(File::from(read));
+    }
+    Ok((child, ends))
+}
+
 /// Starts `spec`; call inside `Reaper::spawn_locked` and record the pid before returning.
 pub fn spawn(spec: &ProcessSpec, plan: StdioPlan) -> Result<Spawned, Error> {
     let mut cmd = Command::new(&spec.args[0]);
@@ -134,27 +164,12 @@ pub fn spawn(spec: &ProcessSpec, plan: StdioPlan) -> Result<Spawned, Error> {
         tty_control = Some(dup(&master, "tty master")?);
         ends.tty = Some(master);
     } else {
-        if plan.stdin {
-            let (read, write) = pipe("stdin")?;
-            cmd.stdin(Stdio::from(read));
-            ends.stdin = Some(File::from(write));
-        } else {
-            cmd.stdin(Stdio::null());
-        }
-        if plan.stdout {
-            let (read, write) = pipe("stdout")?;
-            cmd.stdout(Stdio::from(write));
-            ends.stdout = Some(File::from(read));
-        } else {
-            cmd.stdout(Stdio::null());
-        }
-        if plan.stderr {
-            let (read, write) = pipe("stderr")?;
-            cmd.stderr(Stdio::from(write));
-            ends.stderr = Some(File::from(read));
-        } else {
-            cmd.stderr(Stdio::null());
-        }
+        let (child, agent_ends) = pipes(plan)?;
+        let to_stdio = |fd: Option<OwnedFd>| fd.map(Stdio::from).unwrap_or_else(Stdio::null);
+        cmd.stdin(to_stdio(child.stdin))
+            .stdout(to_stdio(child.stdout))
+            .stderr(to_stdio(child.stderr));
+        ends = agent_ends;
     }
 
     let user = spec.user.clone();

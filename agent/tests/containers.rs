@@ -1,0 +1,260 @@
+//! Containers through the agent on a host run: a busybox rootfs directory stands in for the
+//! block device, under the agent's writable overlay; the runtime crate creates the container.
+//! Needs root (namespaces, mounts) and a static busybox at /usr/bin/busybox.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::{process_json, TestAgent, ALL, OUT};
+use protocol::agent::ContainerStatus;
+use shim::agent_client::{ExitStatus, RootfsDevice, StdioSet, StreamKind};
+
+const BUSYBOX: &str = "/usr/bin/busybox";
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "sleep", "hostname", "ls", "true", "seq", "touch",
+];
+
+/// Whether this host can run the container tests; prints why not.
+fn usable() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: container tests need root");
+        return false;
+    }
+    if !Path::new(BUSYBOX).exists() {
+        eprintln!("skipping: no {BUSYBOX}");
+        return false;
+    }
+    true
+}
+
+/// A busybox rootfs directory in `dir`.
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("image");
+    for sub in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    root
+}
+
+fn spec(args: &[&str]) -> String {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+        },
+        "root": {"path": "/somewhere/on/the/host", "readonly": false},
+        "hostname": "in-container",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "mode=755"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        ],
+        "linux": {
+            "namespaces": [
+                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}
+            ]
+        }
+    })
+    .to_string()
+}
+
+fn unique_id(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn rootfs_device(image: &Path) -> RootfsDevice {
+    RootfsDevice {
+        device: image.display().to_string(),
+        ..Default::default()
+    }
+}
+
+fn state(agent: &TestAgent, id: &str) -> ContainerStatus {
+    agent
+        .client
+        .container_state(id)
+        .unwrap()
+        .status
+        .enum_value_or_default()
+}
+
+#[test]
+fn container_runs_in_its_own_namespaces_on_an_overlay_and_is_removed() {
+    if !usable() {
+        return;
+    }
+    let agent = TestAgent::start();
+    let image = busybox_rootfs(agent.dir.path());
+    let id = unique_id("c");
+    let script = "echo host=$(hostname) pid=$$; touch /written; ls /; exit 7";
+    let pid = agent
+        .client
+        .create_container(
+            &id,
+            &spec(&["sh", "-c", script]),
+            &rootfs_device(&image),
+            OUT,
+            false,
+        )
+        .unwrap();
+    assert!(pid > 1);
+    assert_eq!(state(&agent, &id), ContainerStatus::CREATED);
+
+    let mut stdout = agent
+        .client
+        .open_stream(&id, "", StreamKind::Stdout)
+        .unwrap();
+    agent.client.start_container(&id).unwrap();
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("host=in-container pid=1\n"), "{out:?}");
+    assert!(out.contains("written"), "{out:?}");
+    let status = agent.client.wait_process(&id, "").unwrap();
+    assert_eq!(status, ExitStatus::Exited(7));
+
+    let st = agent.client.container_state(&id).unwrap();
+    assert_eq!(st.status.enum_value_or_default(), ContainerStatus::STOPPED);
+    assert_eq!(st.exit.exit_code, 7);
+
+    // The write went to the overlay's upper layer, never to the image.
+    assert!(!image.join("written").exists());
+    agent.client.remove_container(&id, false).unwrap();
+    assert!(!agent.path("run/containers").join(&id).exists());
+    let err = agent.client.container_state(&id).unwrap_err();
+    assert_eq!(err.code(), Some(ttrpc::Code::NOT_FOUND), "{err}");
+}
+
+#[test]
+fn exec_joins_a_running_container_and_kill_reports_the_signal() {
+    if !usable() {
+        return;
+    }
+    let agent = TestAgent::start();
+    let image = busybox_rootfs(agent.dir.path());
+    let id = unique_id("x");
+    agent
+        .client
+        .create_container(
+            &id,
+            &spec(&["sleep", "1000"]),
+            &rootfs_device(&image),
+            StdioSet::default(),
+            false,
+        )
+        .unwrap();
+    agent.client.start_container(&id).unwrap();
+    assert_eq!(state(&agent, &id), ContainerStatus::RUNNING);
+
+    // stdin in, stdout out, inside the container's namespaces.
+    agent
+        .client
+        .exec_process(
+            &id,
+            "e1",
+            &process_json(&["/bin/sh", "-c", "read x; echo got:$x; cat /proc/1/cmdline"]),
+            ALL,
+            false,
+        )
+        .unwrap();
+    let mut stdin = agent
+        .client
+        .open_stream(&id, "e1", StreamKind::Stdin)
+        .unwrap();
+    stdin.write_all(b"hello\n").unwrap();
+    stdin.close_write().unwrap();
+    let mut stdout = agent
+        .client
+        .open_stream(&id, "e1", StreamKind::Stdout)
+        .unwrap();
+    let mut out = Vec::new();
+    stdout.read_to_end(&mut out).unwrap();
+    assert_eq!(out, b"got:hello\nsleep\x001000\x00");
+    assert_eq!(
+        agent.client.wait_process(&id, "e1").unwrap(),
+        ExitStatus::Exited(0)
+    );
+
+    let err = agent.client.remove_container(&id, false).unwrap_err();
+    assert_eq!(err.code(), Some(ttrpc::Code::FAILED_PRECONDITION), "{err}");
+
+    agent
+        .client
+        .signal_process(&id, "", libc::SIGKILL, false)
+        .unwrap();
+    let status = agent.client.wait_process(&id, "").unwrap();
+    assert_eq!(status.code(), 137);
+    agent.client.remove_container(&id, false).unwrap();
+}
+
+#[test]
+fn container_with_a_terminal_gets_its_pty() {
+    if !usable() {
+        return;
+    }
+    let agent = TestAgent::start();
+    let image = busybox_rootfs(agent.dir.path());
+    let id = unique_id("t");
+    agent
+        .client
+        .create_container(
+            &id,
+            &spec(&["sh", "-c", "read x; [ -t 0 ] && echo tty:$x"]),
+            &rootfs_device(&image),
+            OUT,
+            true,
+        )
+        .unwrap();
+    let mut tty = agent.client.open_stream(&id, "", StreamKind::Tty).unwrap();
+    agent.client.start_container(&id).unwrap();
+    tty.write_all(b"yes\n").unwrap();
+    let mut out = Vec::new();
+    tty.read_to_end(&mut out).unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("tty:yes"), "{out:?}");
+    assert_eq!(
+        agent.client.wait_process(&id, "").unwrap(),
+        ExitStatus::Exited(0)
+    );
+    agent.client.remove_container(&id, true).unwrap();
+}
+
+#[test]
+fn removing_with_force_stops_a_created_container() {
+    if !usable() {
+        return;
+    }
+    let agent = TestAgent::start();
+    let image = busybox_rootfs(agent.dir.path());
+    let id = unique_id("f");
+    agent
+        .client
+        .create_container(
+            &id,
+            &spec(&["true"]),
+            &rootfs_device(&image),
+            StdioSet::default(),
+            false,
+        )
+        .unwrap();
+    agent.client.remove_container(&id, true).unwrap();
+    assert!(!agent.path("run/containers").join(&id).exists());
+    assert_eq!(agent.client.stats().unwrap().container_count, 0);
+}
