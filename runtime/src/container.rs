@@ -80,7 +80,10 @@ fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 
 fn errno(what: impl Into<String>) -> impl FnOnce(nix::Error) -> Error {
     let what = what.into();
-    move |e| Error::Sys { what, source: e.into() }
+    move |e| Error::Sys {
+        what,
+        source: e.into(),
+    }
 }
 
 /// Options for [`Container::create`].
@@ -116,7 +119,9 @@ fn valid_id(id: &str) -> bool {
         && id != "."
         && id != ".."
         && id.len() <= 1024
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || "_.+-".contains(c))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.+-".contains(c))
 }
 
 fn owner() -> String {
@@ -170,7 +175,12 @@ impl Container {
     /// Creates container `id` from the bundle at `bundle`, recording it under `state_root`.
     /// On return the init is set up and blocked until [`Container::start`]; on error nothing
     /// is left behind (no state entry, cgroup or process).
-    pub fn create(id: &str, bundle: &Path, state_root: &Path, opts: &CreateOptions) -> Result<Container> {
+    pub fn create(
+        id: &str,
+        bundle: &Path,
+        state_root: &Path,
+        opts: &CreateOptions,
+    ) -> Result<Container> {
         if !valid_id(id) {
             return Err(Error::InvalidId(id.into()));
         }
@@ -178,7 +188,8 @@ impl Container {
         if dir.exists() {
             return Err(Error::Exists(id.into()));
         }
-        let bundle = fs::canonicalize(bundle).map_err(sys(format!("bundle {}", bundle.display())))?;
+        let bundle =
+            fs::canonicalize(bundle).map_err(sys(format!("bundle {}", bundle.display())))?;
         let spec = spec::load(&bundle)?;
         let process = spec.process().as_ref().expect("validated");
         if process.terminal() == Some(true) && opts.console_socket.is_none() {
@@ -190,9 +201,11 @@ impl Container {
         }
         let cgroup = plan_cgroup(id, &spec, opts)?;
         let rootfs = bundle.join(spec.root().as_ref().expect("validated").path());
-        let rootfs = fs::canonicalize(&rootfs).map_err(sys(format!("root.path {}", rootfs.display())))?;
+        let rootfs =
+            fs::canonicalize(&rootfs).map_err(sys(format!("root.path {}", rootfs.display())))?;
 
-        fs::create_dir_all(state_root).map_err(sys(format!("state root {}", state_root.display())))?;
+        fs::create_dir_all(state_root)
+            .map_err(sys(format!("state root {}", state_root.display())))?;
         fs::create_dir(&dir).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 Error::Exists(id.into())
@@ -213,7 +226,12 @@ impl Container {
             init_start_time: 0,
             cgroup_path: cgroup.as_ref().map(|c| c.path().to_path_buf()),
         };
-        let mut container = Container { dir, state, spec, init_chan: None };
+        let mut container = Container {
+            dir,
+            state,
+            spec,
+            init_chan: None,
+        };
         match container.spawn_init(&rootfs, cgroup.as_ref(), opts) {
             Ok(()) => Ok(container),
             Err(e) => {
@@ -223,29 +241,47 @@ impl Container {
         }
     }
 
-    fn spawn_init(&mut self, rootfs: &Path, cgroup: Option<&Cgroup>, opts: &CreateOptions) -> Result<()> {
+    fn spawn_init(
+        &mut self,
+        rootfs: &Path,
+        cgroup: Option<&Cgroup>,
+        opts: &CreateOptions,
+    ) -> Result<()> {
         self.state.save(&self.dir)?;
         let fifo_path = self.dir.join(EXEC_FIFO);
         nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622))
             .map_err(errno(format!("mkfifo {}", fifo_path.display())))?;
         // mkfifo is subject to the umask; make sure any container user can open it for writing.
-        nix::sys::stat::fchmodat(None, &fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622), nix::sys::stat::FchmodatFlags::FollowSymlink)
-            .map_err(errno("chmod exec fifo"))?;
-        let fifo: OwnedFd = fs::File::from(
-            nix::fcntl::open(&fifo_path, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-                .map(|fd| {
-                    // SAFETY: `fd` was just returned by open and is owned by nobody else.
-                    unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) }
-                })
-                .map_err(errno("open exec fifo"))?,
+        nix::sys::stat::fchmodat(
+            None,
+            &fifo_path,
+            nix::sys::stat::Mode::from_bits_truncate(0o622),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
         )
-        .into();
+        .map_err(errno("chmod exec fifo"))?;
+        let fifo = nix::fcntl::open(
+            &fifo_path,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(errno("open exec fifo"))?;
+        // SAFETY: `fifo` was just returned by open and is owned by nobody else.
+        let fifo: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fifo) };
         if let Some(cg) = cgroup {
-            let resources = self.spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+            let resources = self
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().as_ref());
             cg.create(resources)?;
         }
-        let console = match (&opts.console_socket, self.spec.process().as_ref().and_then(|p| p.terminal())) {
-            (Some(path), Some(true)) => Some(crate::tty::connect(path).map_err(|e| Error::Init(e.to_string()))?),
+        let console = match (
+            &opts.console_socket,
+            self.spec.process().as_ref().and_then(|p| p.terminal()),
+        ) {
+            (Some(path), Some(true)) => {
+                Some(crate::tty::connect(path).map_err(|e| Error::Init(e.to_string()))?)
+            }
             _ => None,
         };
         let (parent_end, child_end) = channel::pair().map_err(sys("socketpair"))?;
@@ -275,7 +311,12 @@ impl Container {
         Ok(())
     }
 
-    fn drive_init(&mut self, chan: &Channel, intermediate: Pid, cgroup: Option<&Cgroup>) -> Result<()> {
+    fn drive_init(
+        &mut self,
+        chan: &Channel,
+        intermediate: Pid,
+        cgroup: Option<&Cgroup>,
+    ) -> Result<()> {
         if let Some(cg) = cgroup {
             cg.add_pid(intermediate.as_raw())?;
         }
@@ -300,13 +341,16 @@ impl Container {
                 }
                 Some(Msg::Pid(pid)) => {
                     self.state.pid = pid;
-                    self.state.init_start_time = state::process_info(pid).map(|(_, t)| t).unwrap_or(0);
+                    self.state.init_start_time =
+                        state::process_info(pid).map(|(_, t)| t).unwrap_or(0);
                     self.state.save(&self.dir)?;
                 }
                 Some(Msg::RunHooks) => {
                     let json = self.state.oci_json();
                     let r = hooks::run(HookKind::Prestart, self.spec.hooks().as_ref(), &json)
-                        .and_then(|_| hooks::run(HookKind::CreateRuntime, self.spec.hooks().as_ref(), &json));
+                        .and_then(|_| {
+                            hooks::run(HookKind::CreateRuntime, self.spec.hooks().as_ref(), &json)
+                        });
                     match r {
                         Ok(()) => chan.send(&Msg::State(json)).map_err(sys("sync channel"))?,
                         Err(e) => {
@@ -321,7 +365,9 @@ impl Container {
                     return Ok(());
                 }
                 Some(Msg::Error(e)) => return Err(Error::Init(e)),
-                Some(other) => return Err(Error::Init(format!("sync channel: unexpected {other:?}"))),
+                Some(other) => {
+                    return Err(Error::Init(format!("sync channel: unexpected {other:?}")))
+                }
                 None => return Err(Error::Init("container init exited during setup".into())),
             }
         }
@@ -351,7 +397,12 @@ impl Container {
         let state = State::load(&dir)?;
         let text = fs::read_to_string(state.bundle.join("config.json")).unwrap_or_default();
         let spec = spec::parse(&text).unwrap_or_default();
-        Ok(Container { dir, state, spec, init_chan: None })
+        Ok(Container {
+            dir,
+            state,
+            spec,
+            init_chan: None,
+        })
     }
 
     /// The states of every container under `state_root`, sorted by id.
@@ -398,15 +449,28 @@ impl Container {
     pub fn start(&mut self) -> Result<()> {
         let status = self.status();
         if status != Status::Created {
-            return Err(Error::WrongState { id: self.id().into(), status, op: "start" });
+            return Err(Error::WrongState {
+                id: self.id().into(),
+                status,
+                op: "start",
+            });
         }
         let fifo = self.dir.join(EXEC_FIFO);
-        let f = nix::fcntl::open(&fifo, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-            .map_err(errno(format!("open {}", fifo.display())))?;
+        let f = nix::fcntl::open(
+            &fifo,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_NONBLOCK
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(errno(format!("open {}", fifo.display())))?;
         // SAFETY: `f` was just returned by open and is owned here.
         let f: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(f) };
         loop {
-            let mut pfd = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&f), nix::poll::PollFlags::POLLIN)];
+            let mut pfd = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&f),
+                nix::poll::PollFlags::POLLIN,
+            )];
             let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(100u16));
             let mut b = [0u8; 1];
             match nix::unistd::read(f.as_raw_fd(), &mut b) {
@@ -416,7 +480,10 @@ impl Container {
             }
             if !matches!(state::process_info(self.state.pid), Some((s, _)) if s != 'Z') {
                 let _ = fs::remove_file(&fifo);
-                return Err(Error::Init(format!("container {} init exited before it could be started", self.id())));
+                return Err(Error::Init(format!(
+                    "container {} init exited before it could be started",
+                    self.id()
+                )));
             }
         }
         let _ = fs::remove_file(&fifo);
@@ -427,7 +494,11 @@ impl Container {
             }
         }
         self.state.status = Status::Running;
-        if let Err(e) = hooks::run(HookKind::Poststart, self.spec.hooks().as_ref(), &self.state.oci_json()) {
+        if let Err(e) = hooks::run(
+            HookKind::Poststart,
+            self.spec.hooks().as_ref(),
+            &self.state.oci_json(),
+        ) {
             tracing::warn!("{e}");
         }
         Ok(())
@@ -437,9 +508,17 @@ impl Container {
     pub fn kill(&mut self, signal: Signal, all: bool) -> Result<()> {
         let status = self.status();
         if status == Status::Stopped || status == Status::Creating {
-            return Err(Error::WrongState { id: self.id().into(), status, op: "kill" });
+            return Err(Error::WrongState {
+                id: self.id().into(),
+                status,
+                op: "kill",
+            });
         }
-        let pids = if all { self.ps()? } else { vec![self.state.pid] };
+        let pids = if all {
+            self.ps()?
+        } else {
+            vec![self.state.pid]
+        };
         for pid in pids {
             match kill(Pid::from_raw(pid), signal) {
                 Ok(()) | Err(nix::Error::ESRCH) => {}
@@ -462,7 +541,8 @@ impl Container {
                 Err(e) => return Err(errno("waitpid")(e)),
             }
         }
-        while matches!(state::process_info(self.state.pid), Some((s, t)) if s != 'Z' && t == self.state.init_start_time) {
+        while matches!(state::process_info(self.state.pid), Some((s, t)) if s != 'Z' && t == self.state.init_start_time)
+        {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         Ok(None)
@@ -474,13 +554,23 @@ impl Container {
     pub fn exec(&mut self, process: &Process, opts: &ExecOptions) -> Result<i32> {
         let status = self.status();
         if status != Status::Running && status != Status::Created {
-            return Err(Error::WrongState { id: self.id().into(), status, op: "exec" });
+            return Err(Error::WrongState {
+                id: self.id().into(),
+                status,
+                op: "exec",
+            });
         }
         crate::spec::validate_process(process)?;
         let console = match (&opts.console_socket, process.terminal()) {
-            (Some(path), Some(true)) => Some(crate::tty::connect(path).map_err(|e| Error::Init(e.to_string()))?),
+            (Some(path), Some(true)) => {
+                Some(crate::tty::connect(path).map_err(|e| Error::Init(e.to_string()))?)
+            }
             (None, Some(true)) => {
-                return Err(SpecError::invalid("process.terminal", "true, but no console socket was given").into())
+                return Err(SpecError::invalid(
+                    "process.terminal",
+                    "true, but no console socket was given",
+                )
+                .into())
             }
             _ => None,
         };
@@ -503,7 +593,8 @@ impl Container {
         drop(console);
         let result = (|| {
             if let Some(cg) = &self.state.cgroup_path {
-                fs::write(cg.join("cgroup.procs"), child.to_string()).map_err(sys(format!("join cgroup {}", cg.display())))?;
+                fs::write(cg.join("cgroup.procs"), child.to_string())
+                    .map_err(sys(format!("join cgroup {}", cg.display())))?;
             }
             parent_end.send(&Msg::Go).map_err(sys("sync channel"))?;
             let mut pid = None;
@@ -517,8 +608,14 @@ impl Container {
                         }
                         return Err(Error::Init(e));
                     }
-                    Some(other) => return Err(Error::Init(format!("sync channel: unexpected {other:?}"))),
-                    None => return pid.ok_or_else(|| Error::Init("exec: the process exited during setup".into())),
+                    Some(other) => {
+                        return Err(Error::Init(format!("sync channel: unexpected {other:?}")))
+                    }
+                    None => {
+                        return pid.ok_or_else(|| {
+                            Error::Init("exec: the process exited during setup".into())
+                        })
+                    }
                 }
             }
         })();
@@ -532,7 +629,9 @@ impl Container {
         if let Some(path) = &self.state.cgroup_path {
             if path.exists() {
                 let root = path.parent().unwrap_or(path);
-                return Ok(Cgroup::new(root, Path::new(path.file_name().unwrap_or_default())).pids()?);
+                return Ok(
+                    Cgroup::new(root, Path::new(path.file_name().unwrap_or_default())).pids()?,
+                );
             }
         }
         let Ok(ns) = fs::read_link(format!("/proc/{}/ns/pid", self.state.pid)) else {
@@ -549,16 +648,27 @@ impl Container {
     }
 
     fn cgroup(&self) -> Result<Cgroup> {
-        let path = self.state.cgroup_path.as_ref().ok_or_else(|| Error::NoCgroup(self.id().into()))?;
+        let path = self
+            .state
+            .cgroup_path
+            .as_ref()
+            .ok_or_else(|| Error::NoCgroup(self.id().into()))?;
         let root = path.parent().unwrap_or(path);
-        Ok(Cgroup::new(root, Path::new(path.file_name().unwrap_or_default())))
+        Ok(Cgroup::new(
+            root,
+            Path::new(path.file_name().unwrap_or_default()),
+        ))
     }
 
     /// Freezes every process of the container (cgroup v2 freezer).
     pub fn pause(&mut self) -> Result<()> {
         let status = self.status();
         if status != Status::Running {
-            return Err(Error::WrongState { id: self.id().into(), status, op: "pause" });
+            return Err(Error::WrongState {
+                id: self.id().into(),
+                status,
+                op: "pause",
+            });
         }
         Ok(self.cgroup()?.set_frozen(true)?)
     }
@@ -567,7 +677,11 @@ impl Container {
     pub fn resume(&mut self) -> Result<()> {
         let status = self.status();
         if status != Status::Paused {
-            return Err(Error::WrongState { id: self.id().into(), status, op: "resume" });
+            return Err(Error::WrongState {
+                id: self.id().into(),
+                status,
+                op: "resume",
+            });
         }
         Ok(self.cgroup()?.set_frozen(false)?)
     }
@@ -588,7 +702,11 @@ impl Container {
         let status = self.status();
         match status {
             Status::Running | Status::Paused if !force => {
-                return Err(Error::WrongState { id: self.id().into(), status, op: "delete it without --force" })
+                return Err(Error::WrongState {
+                    id: self.id().into(),
+                    status,
+                    op: "delete it without --force",
+                })
             }
             Status::Stopped => {}
             _ => {
@@ -604,7 +722,11 @@ impl Container {
             cg.destroy()?;
         }
         self.state.status = Status::Stopped;
-        if let Err(e) = hooks::run(HookKind::Poststop, self.spec.hooks().as_ref(), &self.state.oci_json()) {
+        if let Err(e) = hooks::run(
+            HookKind::Poststop,
+            self.spec.hooks().as_ref(),
+            &self.state.oci_json(),
+        ) {
             tracing::warn!("{e}");
         }
         fs::remove_dir_all(&self.dir).map_err(sys(format!("remove {}", self.dir.display())))

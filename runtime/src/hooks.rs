@@ -106,7 +106,12 @@ pub fn run(kind: HookKind, hooks: Option<&Hooks>, state_json: &str) -> Result<()
     Ok(())
 }
 
-fn run_one(kind: &'static str, index: usize, hook: &Hook, state_json: &str) -> Result<(), HookError> {
+fn run_one(
+    kind: &'static str,
+    index: usize,
+    hook: &Hook,
+    state_json: &str,
+) -> Result<(), HookError> {
     let path = hook.path().display().to_string();
     let mut cmd = Command::new(hook.path());
     let args = hook.args().as_deref().unwrap_or_default();
@@ -120,7 +125,9 @@ fn run_one(kind: &'static str, index: usize, hook: &Hook, state_json: &str) -> R
             cmd.env(k, v);
         }
     }
-    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|source| HookError::Spawn {
         kind,
         index,
@@ -150,17 +157,33 @@ fn run_one(kind: &'static str, index: usize, hook: &Hook, state_json: &str) -> R
                     index,
                     path,
                     status,
-                    stderr: if stderr.is_empty() { String::new() } else { format!(": {stderr}") },
+                    stderr: if stderr.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {stderr}")
+                    },
                 });
             }
             Ok(None) => {}
-            Err(source) => return Err(HookError::Spawn { kind, index, path, source }),
+            Err(source) => {
+                return Err(HookError::Spawn {
+                    kind,
+                    index,
+                    path,
+                    source,
+                })
+            }
         }
         if let Some((secs, at)) = deadline {
             if Instant::now() >= at {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(HookError::Timeout { kind, index, path, secs });
+                return Err(HookError::Timeout {
+                    kind,
+                    index,
+                    path,
+                    secs,
+                });
             }
         }
         std::thread::sleep(Duration::from_millis(2));

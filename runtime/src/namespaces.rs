@@ -144,7 +144,10 @@ impl ToJoin {
         self.join_where(|t| t != LinuxNamespaceType::User)
     }
 
-    fn join_where(&mut self, pick: impl Fn(LinuxNamespaceType) -> bool) -> Result<(), NamespaceError> {
+    fn join_where(
+        &mut self,
+        pick: impl Fn(LinuxNamespaceType) -> bool,
+    ) -> Result<(), NamespaceError> {
         let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0)
             .into_iter()
             .partition(|(t, _, _)| pick(*t));
@@ -161,7 +164,9 @@ impl ToJoin {
 
     /// True if a user namespace is being joined.
     pub fn has_user(&self) -> bool {
-        self.0.iter().any(|(t, _, _)| *t == LinuxNamespaceType::User)
+        self.0
+            .iter()
+            .any(|(t, _, _)| *t == LinuxNamespaceType::User)
     }
 }
 
@@ -195,7 +200,10 @@ pub fn write_id_maps(
     uid: &[LinuxIdMapping],
     gid: &[LinuxIdMapping],
 ) -> Result<(), NamespaceError> {
-    for (field, file, maps) in [("uidMappings", "uid_map", uid), ("gidMappings", "gid_map", gid)] {
+    for (field, file, maps) in [
+        ("uidMappings", "uid_map", uid),
+        ("gidMappings", "gid_map", gid),
+    ] {
         let text: String = maps
             .iter()
             .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))

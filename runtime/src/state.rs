@@ -84,7 +84,11 @@ pub struct State {
     #[serde(default, rename = "initStartTime")]
     pub init_start_time: u64,
     /// The container's cgroup directory, if it has one.
-    #[serde(default, rename = "cgroupPath", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "cgroupPath",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cgroup_path: Option<PathBuf>,
 }
 
@@ -131,7 +135,9 @@ impl State {
             return;
         }
         self.status = match process_info(self.pid) {
-            Some((state, start)) if start == self.init_start_time && state != 'Z' && state != 'X' => {
+            Some((state, start))
+                if start == self.init_start_time && state != 'Z' && state != 'X' =>
+            {
                 if dir.join(crate::container::EXEC_FIFO).exists() {
                     Status::Created
                 } else if self

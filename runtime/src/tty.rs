@@ -19,7 +19,10 @@ pub struct TtyError {
 }
 
 fn fail(step: &'static str) -> impl Fn(nix::Error) -> TtyError {
-    move |e| TtyError { step, message: e.to_string() }
+    move |e| TtyError {
+        step,
+        message: e.to_string(),
+    }
 }
 
 /// Connects to the console socket given by the caller (done before the container is forked).
@@ -49,7 +52,12 @@ pub fn setup(socket: RawFd, size: Option<(u16, u16)>, console: bool) -> Result<(
     // SAFETY: `slave` was just opened and is owned here only.
     let slave = unsafe { OwnedFd::from_raw_fd(slave) };
     if let Some((rows, cols)) = size {
-        let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCSWINSZ reads a winsize struct that lives on the stack for the call.
         unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }
@@ -78,7 +86,9 @@ pub fn setup(socket: RawFd, size: Option<(u16, u16)>, console: bool) -> Result<(
     drop(master);
     // SAFETY: TIOCSCTTY on our own session leader with a valid fd.
     if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
-        return Err(fail("make the pty the controlling terminal")(nix::Error::last()));
+        return Err(fail("make the pty the controlling terminal")(
+            nix::Error::last(),
+        ));
     }
     for fd in 0..3 {
         nix::unistd::dup2(slave.as_raw_fd(), fd).map_err(fail("dup2 pty onto stdio"))?;

@@ -35,9 +35,15 @@ pub fn switch(user: &User) -> Result<(), UserError> {
     // SAFETY: prctl with PR_SET_KEEPCAPS only changes a flag of the calling thread.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     let gid = Gid::from_raw(user.gid());
-    setresgid(gid, gid, gid).map_err(|source| UserError { field: "gid", source })?;
+    setresgid(gid, gid, gid).map_err(|source| UserError {
+        field: "gid",
+        source,
+    })?;
     let uid = Uid::from_raw(user.uid());
-    setresuid(uid, uid, uid).map_err(|source| UserError { field: "uid", source })?;
+    setresuid(uid, uid, uid).map_err(|source| UserError {
+        field: "uid",
+        source,
+    })?;
     // SAFETY: as above.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
     Ok(())
@@ -46,7 +52,9 @@ pub fn switch(user: &User) -> Result<(), UserError> {
 /// Sets the umask: the spec's, or 0022 like runc.
 pub fn set_umask(user: &User) {
     let mask = user.umask().unwrap_or(0o022);
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask as libc::mode_t));
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+        mask as libc::mode_t,
+    ));
 }
 
 /// The home directory of `uid` in the (already pivoted) root's /etc/passwd, or "/".

@@ -1,3 +1,4 @@
 //! Host controller shared by the `sandbox` CLI and the containerd shim.
 pub mod agent_client;
+pub mod cli;
 pub mod vsock;

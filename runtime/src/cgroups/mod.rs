@@ -16,7 +16,9 @@ pub(crate) use resources::validate_resources;
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     /// No cgroup2 filesystem is mounted and the spec needs one.
-    #[error("{field}: needs a cgroup v2 hierarchy, but none is mounted (this host has cgroup v1 only?)")]
+    #[error(
+        "{field}: needs a cgroup v2 hierarchy, but none is mounted (this host has cgroup v1 only?)"
+    )]
     NoHierarchy {
         /// The spec field that needs cgroups.
         field: String,
@@ -83,7 +85,10 @@ pub fn find_hierarchy() -> Option<PathBuf> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// One cgroup v2 directory.

@@ -17,7 +17,8 @@ pub(crate) fn controllers(r: &LinuxResources) -> Vec<(&'static str, String)> {
         }
     }
     if let Some(c) = r.cpu() {
-        if c.shares().is_some() || c.quota().is_some() || c.period().is_some() || c.idle().is_some() {
+        if c.shares().is_some() || c.quota().is_some() || c.period().is_some() || c.idle().is_some()
+        {
             out.push(("cpu", "cpu".into()));
         }
         if c.cpus().as_deref().is_some_and(|s| !s.is_empty())
@@ -32,10 +33,18 @@ pub(crate) fn controllers(r: &LinuxResources) -> Vec<(&'static str, String)> {
     if let Some(b) = r.block_io() {
         if b.weight().is_some()
             || b.weight_device().as_ref().is_some_and(|v| !v.is_empty())
-            || b.throttle_read_bps_device().as_ref().is_some_and(|v| !v.is_empty())
-            || b.throttle_write_bps_device().as_ref().is_some_and(|v| !v.is_empty())
-            || b.throttle_read_iops_device().as_ref().is_some_and(|v| !v.is_empty())
-            || b.throttle_write_iops_device().as_ref().is_some_and(|v| !v.is_empty())
+            || b.throttle_read_bps_device()
+                .as_ref()
+                .is_some_and(|v| !v.is_empty())
+            || b.throttle_write_bps_device()
+                .as_ref()
+                .is_some_and(|v| !v.is_empty())
+            || b.throttle_read_iops_device()
+                .as_ref()
+                .is_some_and(|v| !v.is_empty())
+            || b.throttle_write_iops_device()
+                .as_ref()
+                .is_some_and(|v| !v.is_empty())
         {
             out.push(("io", "blockIO".into()));
         }
@@ -99,7 +108,10 @@ pub(crate) fn validate_resources(r: &LinuxResources) -> std::result::Result<(), 
             return Err(("cpu.shares".into(), "must be in 2..=262144".into()));
         }
         if c.period().is_some_and(|p| !(1000..=1_000_000).contains(&p)) {
-            return Err(("cpu.period".into(), "must be in 1000..=1000000 microseconds".into()));
+            return Err((
+                "cpu.period".into(),
+                "must be in 1000..=1000000 microseconds".into(),
+            ));
         }
         if c.quota().is_some_and(|q| q == 0 || q < -1) {
             return Err(("cpu.quota".into(), "must be positive or -1".into()));
@@ -112,7 +124,10 @@ pub(crate) fn validate_resources(r: &LinuxResources) -> std::result::Result<(), 
             }
         }
         if c.realtime_runtime().is_some() || c.realtime_period().is_some() {
-            return Err(("cpu.realtimeRuntime".into(), "not supported on cgroup v2".into()));
+            return Err((
+                "cpu.realtimeRuntime".into(),
+                "not supported on cgroup v2".into(),
+            ));
         }
     }
     if let Some(b) = r.block_io() {
@@ -122,7 +137,10 @@ pub(crate) fn validate_resources(r: &LinuxResources) -> std::result::Result<(), 
     }
     for key in r.unified().iter().flat_map(|u| u.keys()) {
         if key.contains('/') || !key.contains('.') {
-            return Err((format!("unified.{key}"), "not a cgroup interface file name".into()));
+            return Err((
+                format!("unified.{key}"),
+                "not a cgroup interface file name".into(),
+            ));
         }
     }
     Ok(())
@@ -180,7 +198,15 @@ pub(crate) fn apply(dir: &Path, r: &LinuxResources) -> Result<()> {
         }
     }
     if let Some(p) = r.pids() {
-        write(dir, "pids.max", if p.limit() <= 0 { "max".into() } else { p.limit().to_string() })?;
+        write(
+            dir,
+            "pids.max",
+            if p.limit() <= 0 {
+                "max".into()
+            } else {
+                p.limit().to_string()
+            },
+        )?;
     }
     if let Some(b) = r.block_io() {
         if let Some(w) = b.weight() {
@@ -199,12 +225,20 @@ pub(crate) fn apply(dir: &Path, r: &LinuxResources) -> Result<()> {
         ];
         for (key, list) in throttles {
             for d in list.iter().flatten() {
-                write(dir, "io.max", format!("{}:{} {key}={}", d.major(), d.minor(), d.rate()))?;
+                write(
+                    dir,
+                    "io.max",
+                    format!("{}:{} {key}={}", d.major(), d.minor(), d.rate()),
+                )?;
             }
         }
     }
     for h in r.hugepage_limits().iter().flatten() {
-        write(dir, &format!("hugetlb.{}.max", h.page_size()), h.limit().to_string())?;
+        write(
+            dir,
+            &format!("hugetlb.{}.max", h.page_size()),
+            h.limit().to_string(),
+        )?;
     }
     for (key, value) in r.unified().iter().flatten() {
         write(dir, key, value.clone())?;

@@ -82,7 +82,9 @@ impl Channel {
         Ok(Some(match buf[0] {
             b'g' => Msg::Go,
             b'm' => Msg::NeedIdMaps,
-            b'p' if body.len() == 4 => Msg::Pid(i32::from_le_bytes(body.try_into().expect("4 bytes"))),
+            b'p' if body.len() == 4 => {
+                Msg::Pid(i32::from_le_bytes(body.try_into().expect("4 bytes")))
+            }
             b'h' => Msg::RunHooks,
             b's' => Msg::State(text()),
             b'r' => Msg::Ready,

@@ -52,7 +52,9 @@ fn exec_process(args: &ExecArgs) -> Result<std::convert::Infallible, String> {
     let process = args.process;
     if let Some(fd) = args.console {
         nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-        let size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
+        let size = process
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16));
         crate::tty::setup(fd, size, false).map_err(|e| e.to_string())?;
         let _ = nix::unistd::close(fd);
     }

@@ -45,10 +45,21 @@ pub(crate) fn intermediate(args: InitArgs) -> ! {
         }
         join.join_rest().map_err(|e| e.to_string())?;
         namespaces::create(namespaces::new_flags(&list)).map_err(|e| e.to_string())?;
-        if let Some(offsets) = args.spec.linux().as_ref().and_then(|l| l.time_offsets().as_ref()) {
+        if let Some(offsets) = args
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.time_offsets().as_ref())
+        {
             let text: String = offsets
                 .iter()
-                .map(|(clock, o)| format!("{clock} {} {}\n", o.secs().unwrap_or(0), o.nanosecs().unwrap_or(0)))
+                .map(|(clock, o)| {
+                    format!(
+                        "{clock} {} {}\n",
+                        o.secs().unwrap_or(0),
+                        o.nanosecs().unwrap_or(0)
+                    )
+                })
                 .collect();
             std::fs::write("/proc/self/timens_offsets", text)
                 .map_err(|e| format!("linux.timeOffsets: {e}"))?;
@@ -88,7 +99,10 @@ fn state_with_status(template: &str, status: &str) -> String {
 }
 
 /// The container's init (PID 1 when a PID namespace is created).
-fn init(args: &InitArgs, list: &[oci_spec::runtime::LinuxNamespace]) -> Result<std::convert::Infallible, String> {
+fn init(
+    args: &InitArgs,
+    list: &[oci_spec::runtime::LinuxNamespace],
+) -> Result<std::convert::Infallible, String> {
     let spec = args.spec;
     let chan = &args.chan;
     let process = spec.process().as_ref().ok_or("process: missing")?;
@@ -108,7 +122,9 @@ fn init(args: &InitArgs, list: &[oci_spec::runtime::LinuxNamespace]) -> Result<s
     rootfs::prepare(spec, &args.rootfs, in_userns, &mut before_pivot)
         .map_err(|e| e.to_string())??;
     if let Some(fd) = args.console {
-        let size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
+        let size = process
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16));
         crate::tty::setup(fd, size, true).map_err(|e| e.to_string())?;
         let _ = nix::unistd::close(fd);
     }
@@ -122,7 +138,13 @@ fn init(args: &InitArgs, list: &[oci_spec::runtime::LinuxNamespace]) -> Result<s
             return Err(format!("domainname: {}", std::io::Error::last_os_error()));
         }
     }
-    for (key, value) in spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()).into_iter().flatten() {
+    for (key, value) in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().as_ref())
+        .into_iter()
+        .flatten()
+    {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
         std::fs::write(&path, value).map_err(|e| format!("linux.sysctl.{key}: {e}"))?;
     }
@@ -140,8 +162,12 @@ fn init(args: &InitArgs, list: &[oci_spec::runtime::LinuxNamespace]) -> Result<s
         std::io::Write::write_all(&mut &f, b"0").map_err(|e| format!("exec fifo: {e}"))?;
         drop(f);
         let _ = nix::unistd::close(fifo);
-        hooks::run(HookKind::StartContainer, hooks, &state_with_status(&state_json, "created"))
-            .map_err(|e| e.to_string())
+        hooks::run(
+            HookKind::StartContainer,
+            hooks,
+            &state_with_status(&state_json, "created"),
+        )
+        .map_err(|e| e.to_string())
     };
     finish(process, prepared, &mut before_exec)
 }

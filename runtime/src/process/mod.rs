@@ -46,13 +46,22 @@ pub(crate) fn prepare(process: &Process, spec: &Spec) -> Result<Prepared, String
             .split(':')
             .map(|dir| {
                 let d = Path::new(if dir.is_empty() { "." } else { dir });
-                if d.is_absolute() { d.join(program) } else { cwd.join(d).join(program) }
+                if d.is_absolute() {
+                    d.join(program)
+                } else {
+                    cwd.join(d).join(program)
+                }
             })
             .find(|p| is_executable(p))
-            .ok_or_else(|| format!("process.args[0]: {program:?}: executable file not found in $PATH"))?
+            .ok_or_else(|| {
+                format!("process.args[0]: {program:?}: executable file not found in $PATH")
+            })?
     };
     if !path.exists() {
-        return Err(format!("process.args[0]: {}: no such file or directory", path.display()));
+        return Err(format!(
+            "process.args[0]: {}: no such file or directory",
+            path.display()
+        ));
     }
     let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(s) => Some((
@@ -62,9 +71,16 @@ pub(crate) fn prepare(process: &Process, spec: &Spec) -> Result<Prepared, String
         None => None,
     };
     Ok(Prepared {
-        path: CString::new(path.as_os_str().as_bytes()).map_err(|_| "process.args[0]: contains a NUL byte")?,
-        argv: args.iter().map(|a| cstring(a, "process.args")).collect::<Result<_, _>>()?,
-        envp: env.iter().map(|e| cstring(e, "process.env")).collect::<Result<_, _>>()?,
+        path: CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| "process.args[0]: contains a NUL byte")?,
+        argv: args
+            .iter()
+            .map(|a| cstring(a, "process.args"))
+            .collect::<Result<_, _>>()?,
+        envp: env
+            .iter()
+            .map(|e| cstring(e, "process.env"))
+            .collect::<Result<_, _>>()?,
         seccomp,
     })
 }
@@ -95,7 +111,10 @@ pub(crate) fn finish(
     if nnp {
         // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) only sets a flag on the calling thread.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(format!("process.noNewPrivileges: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "process.noNewPrivileges: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     if let (false, Some((prog, flags))) = (nnp, &prepared.seccomp) {
@@ -113,7 +132,14 @@ pub(crate) fn finish(
         seccomp::install(prog, flags).map_err(|e| e.to_string())?;
     }
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only marks descriptors; none are freed.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     let err = nix::unistd::execve(&prepared.path, &prepared.argv, &prepared.envp).unwrap_err();
     Err(format!("process.args[0]: exec {:?}: {err}", prepared.path))
 }

@@ -23,23 +23,34 @@ struct Node {
 }
 
 fn default_nodes() -> Vec<Node> {
-    [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
-        .into_iter()
-        .map(|(name, major, minor)| Node {
-            path: PathBuf::from("/dev").join(name),
-            kind: SFlag::S_IFCHR,
-            major,
-            minor,
-            mode: 0o666,
-            uid: 0,
-            gid: 0,
-        })
-        .collect()
+    [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ]
+    .into_iter()
+    .map(|(name, major, minor)| Node {
+        path: PathBuf::from("/dev").join(name),
+        kind: SFlag::S_IFCHR,
+        major,
+        minor,
+        mode: 0o666,
+        uid: 0,
+        gid: 0,
+    })
+    .collect()
 }
 
 /// Creates the default devices plus `devices` under `rootfs`; in a user namespace (where
 /// mknod is not allowed) the host's node is bind-mounted instead.
-pub fn create_devices(rootfs: &Path, devices: &[LinuxDevice], in_userns: bool) -> Result<(), RootfsError> {
+pub fn create_devices(
+    rootfs: &Path,
+    devices: &[LinuxDevice],
+    in_userns: bool,
+) -> Result<(), RootfsError> {
     let mut nodes = default_nodes();
     for (i, d) in devices.iter().enumerate() {
         let kind = match d.typ() {
@@ -66,7 +77,9 @@ pub fn create_devices(rootfs: &Path, devices: &[LinuxDevice], in_userns: bool) -
         });
     }
     let old = nix::sys::stat::umask(Mode::empty());
-    let result = nodes.iter().try_for_each(|n| create_node(rootfs, n, in_userns));
+    let result = nodes
+        .iter()
+        .try_for_each(|n| create_node(rootfs, n, in_userns));
     nix::sys::stat::umask(old);
     result
 }
@@ -84,12 +97,17 @@ fn create_node(rootfs: &Path, n: &Node, in_userns: bool) -> Result<(), RootfsErr
     }
     if in_userns {
         super::mounts::create_mount_point(&dest, true).map_err(|e| fail(e.to_string()))?;
-        return mount(Some(&n.path), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| fail(format!("bind from host: {e}")));
+        return mount(
+            Some(&n.path),
+            &dest,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| fail(format!("bind from host: {e}")));
     }
-    match fs::symlink_metadata(&dest) {
-        Ok(_) => fs::remove_file(&dest).map_err(|e| fail(format!("replace existing: {e}")))?,
-        Err(_) => {}
+    if fs::symlink_metadata(&dest).is_ok() {
+        fs::remove_file(&dest).map_err(|e| fail(format!("replace existing: {e}")))?;
     }
     mknod(
         &dest,

@@ -89,11 +89,23 @@ pub fn prepare(
         .map_err(step("set root propagation"))?;
     // pivot_root refuses a new root whose parent mount is shared.
     if let Some(mp) = mount_point_of(rootfs) {
-        mount(None::<&str>, &mp, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
-            .map_err(step("make the rootfs parent mount private"))?;
+        mount(
+            None::<&str>,
+            &mp,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(step("make the rootfs parent mount private"))?;
     }
-    mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(step("bind rootfs onto itself"))?;
+    mount(
+        Some(rootfs),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(step("bind rootfs onto itself"))?;
 
     let list = spec.mounts().as_deref().unwrap_or_default();
     for (i, m) in list.iter().enumerate() {
@@ -102,10 +114,15 @@ pub fn prepare(
     let dev_is_bind = list.iter().any(|m| {
         m.destination() == Path::new("/dev")
             && (m.typ().as_deref() == Some("bind")
-                || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind"))
+                || m.options()
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "bind" || o == "rbind"))
     });
     if !dev_is_bind {
-        let devs = linux.and_then(|l| l.devices().as_deref()).unwrap_or_default();
+        let devs = linux
+            .and_then(|l| l.devices().as_deref())
+            .unwrap_or_default();
         devices::create_devices(rootfs, devs, in_userns)?;
         devices::create_symlinks(rootfs)?;
     }

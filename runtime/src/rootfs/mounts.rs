@@ -132,7 +132,11 @@ pub fn create_mount_point(dest: &Path, file: bool) -> std::io::Result<()> {
             fs::create_dir_all(parent)?;
         }
         if !dest.exists() {
-            fs::OpenOptions::new().create(true).truncate(false).write(true).open(dest)?;
+            fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dest)?;
         }
         Ok(())
     } else {
@@ -185,15 +189,28 @@ pub fn mount_one(
     }
 
     if is_bind {
-        let source = m.source().as_ref().ok_or_else(|| fail("bind", &"missing source"))?;
+        let source = m
+            .source()
+            .as_ref()
+            .ok_or_else(|| fail("bind", &"missing source"))?;
         let is_dir = source.is_dir();
         create_mount_point(&dest, !is_dir).map_err(|e| fail("create mount point", &e))?;
         let base = MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC);
-        mount(Some(source.as_path()), &dest, None::<&str>, base, None::<&str>)
-            .map_err(|e| fail(&format!("bind {}", source.display()), &e))?;
+        mount(
+            Some(source.as_path()),
+            &dest,
+            None::<&str>,
+            base,
+            None::<&str>,
+        )
+        .map_err(|e| fail(&format!("bind {}", source.display()), &e))?;
         let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
-            let keep = if in_userns { locked_flags(&dest) } else { MsFlags::empty() };
+            let keep = if in_userns {
+                locked_flags(&dest)
+            } else {
+                MsFlags::empty()
+            };
             mount(
                 None::<&str>,
                 &dest,
@@ -206,26 +223,41 @@ pub fn mount_one(
     } else {
         create_mount_point(&dest, false).map_err(|e| fail("create mount point", &e))?;
         let fstype = if typ == "cgroup" { "cgroup2" } else { typ };
-        let source = m
-            .source()
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(fstype));
+        let source = m.source().clone().unwrap_or_else(|| PathBuf::from(fstype));
         let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
-        let result = mount(Some(source.as_path()), &dest, Some(fstype), opts.flags, data);
+        let result = mount(
+            Some(source.as_path()),
+            &dest,
+            Some(fstype),
+            opts.flags,
+            data,
+        );
         match result {
             Ok(()) => {}
             // sysfs cannot be mounted in a user namespace that does not own the network
             // namespace: fall back to a recursive bind of the host's /sys, like runc.
             Err(nix::Error::EPERM) if fstype == "sysfs" => {
-                mount(Some("/sys"), &dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                    .map_err(|e| fail("bind /sys", &e))?;
+                mount(
+                    Some("/sys"),
+                    &dest,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .map_err(|e| fail("bind /sys", &e))?;
             }
             Err(e) => return Err(fail(&format!("mount {fstype}"), &e)),
         }
     }
     if !opts.propagation.is_empty() {
-        mount(None::<&str>, &dest, None::<&str>, opts.propagation, None::<&str>)
-            .map_err(|e| fail("set propagation", &e))?;
+        mount(
+            None::<&str>,
+            &dest,
+            None::<&str>,
+            opts.propagation,
+            None::<&str>,
+        )
+        .map_err(|e| fail("set propagation", &e))?;
     }
     Ok(())
 }
@@ -260,7 +292,10 @@ mod tests {
         std::fs::create_dir_all(dir.join("run")).unwrap();
         std::os::unix::fs::symlink("/run", dir.join("varrun")).unwrap();
         std::os::unix::fs::symlink("../../..", dir.join("up")).unwrap();
-        assert_eq!(resolve_in_root(&dir, Path::new("/varrun/x")), dir.join("run/x"));
+        assert_eq!(
+            resolve_in_root(&dir, Path::new("/varrun/x")),
+            dir.join("run/x")
+        );
         assert_eq!(resolve_in_root(&dir, Path::new("/up/etc")), dir.join("etc"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -4,8 +4,7 @@
 mod syscalls_x86_64;
 
 use oci_spec::runtime::{
-    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag,
-    LinuxSeccompOperator,
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag, LinuxSeccompOperator,
 };
 
 /// The filter could not be compiled or installed.
@@ -85,7 +84,12 @@ struct Insn {
 }
 
 fn ld(off: u32) -> Insn {
-    Insn { code: LD_W_ABS, jt: To::Skip(0), jf: To::Skip(0), k: off }
+    Insn {
+        code: LD_W_ABS,
+        jt: To::Skip(0),
+        jf: To::Skip(0),
+        k: off,
+    }
 }
 fn jmp(code: u16, k: u32, jt: To, jf: To) -> Insn {
     Insn { code, jt, jf, k }
@@ -117,24 +121,52 @@ fn condition(arg: &LinuxSeccompArg) -> Vec<Insn> {
             jmp(JGT_K, vh, Skip(3), next),
             jmp(JEQ_K, vh, next, Fail),
             ld(lo_off),
-            jmp(if arg.op() == Op::ScmpCmpGt { JGT_K } else { JGE_K }, vl, next, Fail),
+            jmp(
+                if arg.op() == Op::ScmpCmpGt {
+                    JGT_K
+                } else {
+                    JGE_K
+                },
+                vl,
+                next,
+                Fail,
+            ),
         ],
         Op::ScmpCmpLt | Op::ScmpCmpLe => vec![
             ld(hi_off),
             jmp(JGT_K, vh, Fail, next),
             jmp(JEQ_K, vh, next, Skip(2)),
             ld(lo_off),
-            jmp(if arg.op() == Op::ScmpCmpLt { JGE_K } else { JGT_K }, vl, Fail, next),
+            jmp(
+                if arg.op() == Op::ScmpCmpLt {
+                    JGE_K
+                } else {
+                    JGT_K
+                },
+                vl,
+                Fail,
+                next,
+            ),
         ],
         Op::ScmpCmpMaskedEq => {
             let d = arg.value_two().unwrap_or(0);
             let (dh, dl) = ((d >> 32) as u32, d as u32);
             vec![
                 ld(hi_off),
-                Insn { code: AND_K, jt: next, jf: next, k: vh },
+                Insn {
+                    code: AND_K,
+                    jt: next,
+                    jf: next,
+                    k: vh,
+                },
                 jmp(JEQ_K, dh, next, Fail),
                 ld(lo_off),
-                Insn { code: AND_K, jt: next, jf: next, k: vl },
+                Insn {
+                    code: AND_K,
+                    jt: next,
+                    jf: next,
+                    k: vl,
+                },
                 jmp(JEQ_K, dl, next, Fail),
             ]
         }
@@ -146,7 +178,12 @@ fn block(nr: u32, conds: &[LinuxSeccompArg], ret: u32) -> Vec<libc::sock_filter>
     for c in conds {
         insns.extend(condition(c));
     }
-    insns.push(Insn { code: RET_K, jt: To::Skip(0), jf: To::Skip(0), k: ret });
+    insns.push(Insn {
+        code: RET_K,
+        jt: To::Skip(0),
+        jf: To::Skip(0),
+        k: ret,
+    });
     let len = insns.len();
     insns
         .iter()
@@ -156,7 +193,12 @@ fn block(nr: u32, conds: &[LinuxSeccompArg], ret: u32) -> Vec<libc::sock_filter>
                 To::Skip(n) => n,
                 To::Fail => (len - i - 1) as u8,
             };
-            libc::sock_filter { code: ins.code, jt: resolve(ins.jt), jf: resolve(ins.jf), k: ins.k }
+            libc::sock_filter {
+                code: ins.code,
+                jt: resolve(ins.jt),
+                jf: resolve(ins.jf),
+                k: ins.k,
+            }
         })
         .collect()
 }
@@ -164,13 +206,38 @@ fn block(nr: u32, conds: &[LinuxSeccompArg], ret: u32) -> Vec<libc::sock_filter>
 /// Compiles the spec's filter. Unknown syscall names are skipped, as runc does.
 pub fn compile(spec: &LinuxSeccomp) -> Result<Vec<libc::sock_filter>, SeccompError> {
     let default = action(spec.default_action(), spec.default_errno_ret());
-    let ret = |k| libc::sock_filter { code: RET_K, jt: 0, jf: 0, k };
+    let ret = |k| libc::sock_filter {
+        code: RET_K,
+        jt: 0,
+        jf: 0,
+        k,
+    };
     let mut prog = vec![
-        libc::sock_filter { code: LD_W_ABS, jt: 0, jf: 0, k: 4 },
-        libc::sock_filter { code: JEQ_K, jt: 1, jf: 0, k: AUDIT_ARCH_X86_64 },
+        libc::sock_filter {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 4,
+        },
+        libc::sock_filter {
+            code: JEQ_K,
+            jt: 1,
+            jf: 0,
+            k: AUDIT_ARCH_X86_64,
+        },
         ret(RET_KILL_PROCESS),
-        libc::sock_filter { code: LD_W_ABS, jt: 0, jf: 0, k: 0 },
-        libc::sock_filter { code: JGE_K, jt: 0, jf: 1, k: X32_SYSCALL_BIT },
+        libc::sock_filter {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: JGE_K,
+            jt: 0,
+            jf: 1,
+            k: X32_SYSCALL_BIT,
+        },
         ret(RET_KILL_PROCESS),
     ];
     for (i, rule) in spec.syscalls().iter().flatten().enumerate() {
@@ -201,14 +268,20 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Vec<libc::sock_filter>, SeccompErr
     if prog.len() > 4096 {
         return Err(SeccompError::Invalid {
             field: "linux.seccomp.syscalls".into(),
-            message: format!("the filter needs {} instructions, more than 4096", prog.len()),
+            message: format!(
+                "the filter needs {} instructions, more than 4096",
+                prog.len()
+            ),
         });
     }
     Ok(prog)
 }
 
 /// Installs a compiled filter on the calling thread with the spec's flags.
-pub fn install(prog: &[libc::sock_filter], flags: &[LinuxSeccompFilterFlag]) -> Result<(), SeccompError> {
+pub fn install(
+    prog: &[libc::sock_filter],
+    flags: &[LinuxSeccompFilterFlag],
+) -> Result<(), SeccompError> {
     let mut bits: libc::c_ulong = 0;
     for f in flags {
         bits |= match f {
@@ -252,7 +325,11 @@ mod tests {
             nix::unistd::ForkResult::Child => {
                 // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) affects only this process.
                 unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-                let code = if install(prog, &[]).is_ok() { probe() } else { 99 };
+                let code = if install(prog, &[]).is_ok() {
+                    probe()
+                } else {
+                    99
+                };
                 // SAFETY: _exit is async-signal-safe and ends the forked child.
                 unsafe { libc::_exit(code) }
             }

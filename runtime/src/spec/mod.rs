@@ -124,6 +124,11 @@ fn strip_position(message: &str) -> String {
     }
 }
 
+/// Validates a process given to exec (same rules as `process` in config.json).
+pub fn validate_process(process: &oci_spec::runtime::Process) -> Result<(), SpecError> {
+    validate::validate_process_fields(process, "process")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,9 +150,4 @@ mod tests {
         let err = parse(text).unwrap_err();
         assert_eq!(err.field(), Some("hostname"));
     }
-}
-
-/// Validates a process given to exec (same rules as `process` in config.json).
-pub fn validate_process(process: &oci_spec::runtime::Process) -> Result<(), SpecError> {
-    validate::validate_process_fields(process, "process")
 }

@@ -20,7 +20,10 @@ fn absolute(field: String, path: &Path) -> Result {
     } else {
         Err(bad(
             field,
-            format!("must be an absolute path, got {:?}", path.display().to_string()),
+            format!(
+                "must be an absolute path, got {:?}",
+                path.display().to_string()
+            ),
         ))
     }
 }
@@ -74,7 +77,12 @@ pub(crate) fn validate_process_fields(process: &oci_spec::runtime::Process, at: 
     for (i, kv) in process.env().iter().flatten().enumerate() {
         match kv.split_once('=') {
             Some((k, _)) if !k.is_empty() => {}
-            _ => return Err(bad(format!("{at}.env[{i}]"), format!("{kv:?} is not KEY=VALUE"))),
+            _ => {
+                return Err(bad(
+                    format!("{at}.env[{i}]"),
+                    format!("{kv:?} is not KEY=VALUE"),
+                ))
+            }
         }
     }
     let mut seen = HashSet::new();
@@ -108,11 +116,25 @@ pub(crate) fn validate_process_fields(process: &oci_spec::runtime::Process, at: 
             ));
         }
     }
-    if process.apparmor_profile().as_deref().is_some_and(|p| !p.is_empty()) {
-        return Err(bad(format!("{at}.apparmorProfile"), "AppArmor is not supported"));
+    if process
+        .apparmor_profile()
+        .as_deref()
+        .is_some_and(|p| !p.is_empty())
+    {
+        return Err(bad(
+            format!("{at}.apparmorProfile"),
+            "AppArmor is not supported",
+        ));
     }
-    if process.selinux_label().as_deref().is_some_and(|p| !p.is_empty()) {
-        return Err(bad(format!("{at}.selinuxLabel"), "SELinux is not supported"));
+    if process
+        .selinux_label()
+        .as_deref()
+        .is_some_and(|p| !p.is_empty())
+    {
+        return Err(bad(
+            format!("{at}.selinuxLabel"),
+            "SELinux is not supported",
+        ));
     }
     if process.console_size().is_some() && process.terminal() != Some(true) {
         return Err(bad(
@@ -138,10 +160,16 @@ fn validate_mounts(spec: &Spec) -> Result {
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         absolute(format!("mounts[{i}].destination"), m.destination())?;
         if m.destination().components().any(|c| c.as_os_str() == "..") {
-            return Err(bad(format!("mounts[{i}].destination"), "must not contain \"..\""));
+            return Err(bad(
+                format!("mounts[{i}].destination"),
+                "must not contain \"..\"",
+            ));
         }
         if m.destination() == Path::new("/") {
-            return Err(bad(format!("mounts[{i}].destination"), "cannot mount over the root"));
+            return Err(bad(
+                format!("mounts[{i}].destination"),
+                "cannot mount over the root",
+            ));
         }
         let options = m.options().as_deref().unwrap_or_default();
         let is_bind = m.typ().as_deref() == Some("bind")
@@ -172,7 +200,10 @@ fn validate_mounts(spec: &Spec) -> Result {
                 ));
             }
         } else if m.typ().as_deref().unwrap_or_default().is_empty() {
-            return Err(bad(format!("mounts[{i}].type"), "missing (and not a bind mount)"));
+            return Err(bad(
+                format!("mounts[{i}].type"),
+                "missing (and not a bind mount)",
+            ));
         }
     }
     Ok(())
@@ -193,7 +224,10 @@ fn has(spec: &Spec, typ: LinuxNamespaceType) -> bool {
 }
 
 fn validate_linux(spec: &Spec) -> Result {
-    let linux = spec.linux().as_ref().ok_or_else(|| bad("linux", "missing"))?;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| bad("linux", "missing"))?;
 
     let mut seen = HashSet::new();
     for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
@@ -243,14 +277,20 @@ fn validate_linux(spec: &Spec) -> Result {
             ));
         }
         if maps.is_empty() && userns {
-            return Err(bad(format!("linux.{name}"), "a new user namespace needs mappings"));
+            return Err(bad(
+                format!("linux.{name}"),
+                "a new user namespace needs mappings",
+            ));
         }
         if maps.len() > 340 {
             return Err(bad(format!("linux.{name}"), "more than 340 mappings"));
         }
         for (i, m) in maps.iter().enumerate() {
             if m.size() == 0 {
-                return Err(bad(format!("linux.{name}[{i}].size"), "must be greater than 0"));
+                return Err(bad(
+                    format!("linux.{name}[{i}].size"),
+                    "must be greater than 0",
+                ));
             }
         }
     }
@@ -268,10 +308,16 @@ fn validate_linux(spec: &Spec) -> Result {
             ));
         }
         if d.file_mode().is_some_and(|m| m > 0o7777) {
-            return Err(bad(format!("linux.devices[{i}].fileMode"), "has bits beyond 07777"));
+            return Err(bad(
+                format!("linux.devices[{i}].fileMode"),
+                "has bits beyond 07777",
+            ));
         }
         if d.major() < 0 || d.minor() < 0 {
-            return Err(bad(format!("linux.devices[{i}].major"), "must not be negative"));
+            return Err(bad(
+                format!("linux.devices[{i}].major"),
+                "must not be negative",
+            ));
         }
     }
 
@@ -286,7 +332,10 @@ fn validate_linux(spec: &Spec) -> Result {
 
     if let Some(p) = linux.rootfs_propagation().as_deref() {
         if !p.is_empty() && !PROPAGATIONS.contains(&p) {
-            return Err(bad("linux.rootfsPropagation", format!("unknown propagation {p:?}")));
+            return Err(bad(
+                "linux.rootfsPropagation",
+                format!("unknown propagation {p:?}"),
+            ));
         }
     }
     if let Some(p) = linux.cgroups_path() {
@@ -300,7 +349,10 @@ fn validate_linux(spec: &Spec) -> Result {
     if linux.time_offsets().as_ref().is_some_and(|t| !t.is_empty())
         && !has_new(spec, LinuxNamespaceType::Time)
     {
-        return Err(bad("linux.timeOffsets", "set but no new time namespace is created"));
+        return Err(bad(
+            "linux.timeOffsets",
+            "set but no new time namespace is created",
+        ));
     }
     if let Some(resources) = linux.resources() {
         crate::cgroups::validate_resources(resources)
@@ -315,7 +367,10 @@ fn validate_linux(spec: &Spec) -> Result {
         }
         for (i, s) in seccomp.syscalls().iter().flatten().enumerate() {
             if s.names().is_empty() {
-                return Err(bad(format!("linux.seccomp.syscalls[{i}].names"), "must not be empty"));
+                return Err(bad(
+                    format!("linux.seccomp.syscalls[{i}].names"),
+                    "must not be empty",
+                ));
             }
             if s.action() == LinuxSeccompAction::ScmpActNotify {
                 return Err(bad(
@@ -353,7 +408,16 @@ fn validate_sysctl(spec: &Spec, key: &str) -> Result {
     {
         return Err(bad(field, "not a valid sysctl name"));
     }
-    let ipc = ["kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced"];
+    let ipc = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
     let needs = if ipc.contains(&key) || key.starts_with("fs.mqueue.") {
         LinuxNamespaceType::Ipc
     } else if key.starts_with("net.") {
@@ -361,7 +425,10 @@ fn validate_sysctl(spec: &Spec, key: &str) -> Result {
     } else if key == "kernel.hostname" || key == "kernel.domainname" {
         LinuxNamespaceType::Uts
     } else {
-        return Err(bad(field, "not namespaced; refusing to set it from a container"));
+        return Err(bad(
+            field,
+            "not namespaced; refusing to set it from a container",
+        ));
     };
     if !has_new(spec, needs) {
         return Err(bad(field, format!("needs a new {needs} namespace")));
@@ -386,7 +453,10 @@ fn validate_hooks(spec: &Spec) -> Result {
         for (i, h) in list.iter().flatten().enumerate() {
             absolute(format!("hooks.{kind}[{i}].path"), h.path())?;
             if h.timeout().is_some_and(|t| t <= 0) {
-                return Err(bad(format!("hooks.{kind}[{i}].timeout"), "must be positive"));
+                return Err(bad(
+                    format!("hooks.{kind}[{i}].timeout"),
+                    "must be positive",
+                ));
             }
         }
     }

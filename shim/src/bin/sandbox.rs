@@ -1,1 +1,23 @@
-fn main() {}
+//! `sandbox`: the runc-compatible command line. With `--no-vm` the container runs on this
+//! host (runc-level isolation); otherwise in a microVM (not available yet).
+
+use clap::Parser;
+use shim::cli::{self, Cli};
+
+fn main() {
+    let cli = Cli::parse();
+    let level = if cli.debug { "debug" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    match cli::run(&cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            eprintln!("sandbox: {e}");
+            std::process::exit(1);
+        }
+    }
+}

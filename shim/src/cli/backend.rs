@@ -1,0 +1,128 @@
+//! The split between the no-VM backend (runtime crate on this host) and the microVM backend
+//! (host controller + agent, issue 6): one trait, chosen by `--no-vm`.
+
+use std::path::PathBuf;
+
+use super::{
+    Cli, Command, CreateArgs, DeleteArgs, EventsArgs, ExecArgs, KillArgs, ListArgs, PsArgs, RunArgs,
+};
+
+/// CLI failures; printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The runtime refused or failed.
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
+    /// The microVM backend is not there yet.
+    #[error("the microVM path is not available yet; use --no-vm")]
+    VmUnavailable,
+    /// A flag or argument is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// A file given on the command line could not be used.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What every backend implements; the exit code is returned where runc returns one.
+pub trait Backend {
+    /// `run`: create + start (+ wait + delete unless detached).
+    fn run(&self, a: &RunArgs) -> Result<i32, CliError>;
+    /// `create`.
+    fn create(&self, a: &CreateArgs) -> Result<(), CliError>;
+    /// `start`.
+    fn start(&self, id: &str) -> Result<(), CliError>;
+    /// `state`: JSON on stdout.
+    fn state(&self, id: &str) -> Result<(), CliError>;
+    /// `kill`.
+    fn kill(&self, a: &KillArgs) -> Result<(), CliError>;
+    /// `delete`.
+    fn delete(&self, a: &DeleteArgs) -> Result<(), CliError>;
+    /// `exec`: the process's exit code unless detached.
+    fn exec(&self, a: &ExecArgs) -> Result<i32, CliError>;
+    /// `ps`.
+    fn ps(&self, a: &PsArgs) -> Result<(), CliError>;
+    /// `list`.
+    fn list(&self, a: &ListArgs) -> Result<(), CliError>;
+    /// `pause` (true) / `resume` (false).
+    fn pause(&self, id: &str, pause: bool) -> Result<(), CliError>;
+    /// `events --stats`.
+    fn events(&self, a: &EventsArgs) -> Result<(), CliError>;
+}
+
+/// The microVM backend: added by the host controller (issue 6).
+pub struct MicroVm;
+
+impl Backend for MicroVm {
+    fn run(&self, _: &RunArgs) -> Result<i32, CliError> {
+        Err(CliError::VmUnavailable)
+    }
+    fn create(&self, _: &CreateArgs) -> Result<(), CliError> {
+        Err(CliError::VmUnavailable)
+    }
+    fn start(&self, _: &str) -> Result<(), CliError> {
+        Err(CliError::VmUnavailable)
+    }
+    fn state(&self, _: &str) -> Result<(), CliError> {
+        Err(CliError::VmUnavailable)
+    }
+    fn kill(&self, _: &KillArgs) -> Result<(), CliError> {
+        Err(CliError::VmUnavailable)
+    }
+    fn delete(&self, _: &DeleteArgs) -> Result<(), CliError> {
+        Err(CliError::VmUnavailable)
+    }
+    fn exec(&self, _: &ExecArgs) -> Result<i32, CliError> {
+        Err(CliError::VmUnavailable)
+    }
+    fn ps(&self, _: &PsArgs) -> Result<(), CliError> {
+        Err(CliError::VmUnavailable)
+    }
+    fn list(&self, _: &ListArgs) -> Result<(), CliError> {
+        Err(CliError::VmUnavailable)
+    }
+    fn pause(&self, _: &str, _: bool) -> Result<(), CliError> {
+        Err(CliError::VmUnavailable)
+    }
+    fn events(&self, _: &EventsArgs) -> Result<(), CliError> {
+        Err(CliError::VmUnavailable)
+    }
+}
+
+/// Picks the backend for the command line.
+pub fn select(cli: &Cli) -> Result<Box<dyn Backend>, CliError> {
+    if cli.no_vm {
+        let root = cli
+            .root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(super::NOVM_ROOT));
+        Ok(Box::new(super::novm::NoVm::new(root)))
+    } else {
+        Ok(Box::new(MicroVm))
+    }
+}
+
+/// Runs one command on a backend; returns the exit code.
+pub fn dispatch(b: &dyn Backend, cmd: &Command) -> Result<i32, CliError> {
+    match cmd {
+        Command::Run(a) => return b.run(a),
+        Command::Create(a) => b.create(a)?,
+        Command::Start(a) => b.start(&a.id)?,
+        Command::State(a) => b.state(&a.id)?,
+        Command::Kill(a) => b.kill(a)?,
+        Command::Delete(a) => b.delete(a)?,
+        Command::Exec(a) => return b.exec(a),
+        Command::Ps(a) => b.ps(a)?,
+        Command::List(a) => b.list(a)?,
+        Command::Pause(a) => b.pause(&a.id, true)?,
+        Command::Resume(a) => b.pause(&a.id, false)?,
+        Command::Events(a) => b.events(a)?,
+        Command::Spec(_) => unreachable!("handled before choosing a backend"),
+    }
+    Ok(0)
+}
