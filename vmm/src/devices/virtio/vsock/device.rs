@@ -231,6 +231,7 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
+        self.muxer.reset();
     }
 }
 

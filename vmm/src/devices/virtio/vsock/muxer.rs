@@ -388,6 +388,16 @@ impl VsockMuxer {
         }));
     }
 
+    /// Forgets every connection (device reset: the guest's driver lost them), closing the
+    /// host sockets so their peers see the end.
+    pub fn reset(&mut self) {
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.remove_conn(key);
+        }
+        self.rx_queue.clear();
+    }
+
     /// The state of a connection, for tests and diagnostics.
     pub fn conn_state(&self, local_port: u32, peer_port: u32) -> Option<ConnState> {
         self.conns.get(&(local_port, peer_port)).map(|c| c.state)
@@ -661,6 +671,27 @@ mod tests {
             Err(MuxerError::Bind { .. })
         ));
         assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn reset_closes_every_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(&dir);
+        let (mut host, _) = host_connect(&mut m, 65536);
+        m.send_pkt(&guest_pkt(
+            op::CREDIT_REQUEST,
+            1024,
+            FIRST_LOCAL_PORT,
+            &[],
+            65536,
+            0,
+        ));
+        assert!(m.has_pending_rx());
+        m.reset();
+        assert_eq!(m.connection_count(), 0);
+        assert!(!m.has_pending_rx());
+        let mut buf = [0u8; 1];
+        assert_eq!(host.read(&mut buf).unwrap(), 0);
     }
 
     #[test]
