@@ -31,6 +31,9 @@ use crate::processes::ProcessTable;
 use crate::reaper::Reaper;
 use crate::service::AgentService;
 
+/// How often the containers' cgroups are checked for OOM kills.
+const OOM_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(runtime_helper::FLAG) {
@@ -102,6 +105,19 @@ fn run(args: &[String]) -> Result<()> {
         config.listen,
         config.stdio_listen
     );
+    {
+        let service = service.clone();
+        thread::Builder::new()
+            .name("oom-watch".into())
+            .spawn(move || {
+                let mut seen = std::collections::HashMap::new();
+                loop {
+                    thread::sleep(OOM_POLL_INTERVAL);
+                    service.poll_oom(&mut seen);
+                }
+            })
+            .context("starting the OOM watch thread")?;
+    }
     init::report_ready().context("reporting readiness")?;
 
     // Shutdown: the only way out.

@@ -246,6 +246,32 @@ impl AgentService {
         Ok(Empty::new())
     }
 
+    /// Queues an OOM event for each container whose cgroup counted a new OOM kill since the
+    /// last call; `seen` carries the counts between calls.
+    pub fn poll_oom(&self, seen: &mut std::collections::HashMap<String, u64>) {
+        let ids = self.containers.ids();
+        seen.retain(|id, _| ids.contains(id));
+        for id in ids {
+            let Ok(container) = runtime::Container::load(&id, &self.containers.state_root())
+            else {
+                continue;
+            };
+            let Ok(counts) = container.events() else {
+                continue;
+            };
+            let kills = counts.get("oom_kill").copied().unwrap_or(0);
+            let before = seen.insert(id.clone(), kills).unwrap_or(0);
+            if kills > before {
+                log::warn!("container {id}: OOM kill (count {kills})");
+                let mut event = Event::new();
+                event.kind = EventKind::OOM.into();
+                event.container_id = id;
+                event.time_ms = uptime_ms();
+                self.events.push(event);
+            }
+        }
+    }
+
     /// Removes every container (Shutdown): their cgroups and mounts go with them.
     pub fn teardown(&self) {
         for id in self.containers.ids() {

@@ -14,7 +14,7 @@ use shim::agent_client::{ExitStatus, RootfsDevice, StdioSet, StreamKind};
 
 const BUSYBOX: &str = "/usr/bin/busybox";
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "sleep", "hostname", "ls", "true", "seq", "touch",
+    "sh", "echo", "cat", "sleep", "hostname", "ls", "true", "seq", "touch", "stty",
 ];
 
 /// Whether this host can run the container tests; prints why not.
@@ -257,4 +257,50 @@ fn removing_with_force_stops_a_created_container() {
     agent.client.remove_container(&id, true).unwrap();
     assert!(!agent.path("run/containers").join(&id).exists());
     assert_eq!(agent.client.stats().unwrap().container_count, 0);
+}
+
+#[test]
+fn exec_with_a_terminal_sees_resizes() {
+    if !usable() {
+        return;
+    }
+    let agent = TestAgent::start();
+    let image = busybox_rootfs(agent.dir.path());
+    let id = unique_id("r");
+    agent
+        .client
+        .create_container(
+            &id,
+            &spec(&["sleep", "1000"]),
+            &rootfs_device(&image),
+            StdioSet::default(),
+            false,
+        )
+        .unwrap();
+    agent.client.start_container(&id).unwrap();
+    agent
+        .client
+        .exec_process(
+            &id,
+            "tty",
+            &process_json(&["/bin/sh", "-c", "read x; stty size; echo $x"]),
+            OUT,
+            true,
+        )
+        .unwrap();
+    agent.client.resize_tty(&id, "tty", 33, 77).unwrap();
+    let mut tty = agent
+        .client
+        .open_stream(&id, "tty", StreamKind::Tty)
+        .unwrap();
+    tty.write_all(b"done\n").unwrap();
+    let mut out = Vec::new();
+    tty.read_to_end(&mut out).unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("33 77"), "{out:?}");
+    assert_eq!(
+        agent.client.wait_process(&id, "tty").unwrap(),
+        ExitStatus::Exited(0)
+    );
+    agent.client.remove_container(&id, true).unwrap();
 }
