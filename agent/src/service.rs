@@ -252,8 +252,7 @@ impl AgentService {
         let ids = self.containers.ids();
         seen.retain(|id, _| ids.contains(id));
         for id in ids {
-            let Ok(container) = runtime::Container::load(&id, &self.containers.state_root())
-            else {
+            let Ok(container) = runtime::Container::load(&id, &self.containers.state_root()) else {
                 continue;
             };
             let Ok(counts) = container.events() else {
