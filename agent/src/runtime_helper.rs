@@ -34,10 +34,52 @@ pub enum Error {
     },
     #[error("runtime helper: waiting for it failed: {0}")]
     Wait(std::io::Error),
-    #[error("{0}")]
-    Runtime(String),
+    #[error("{message}")]
+    Runtime { kind: Kind, message: String },
     #[error("runtime helper ended ({status}) without a result")]
     NoResult { status: std::process::ExitStatus },
+}
+
+/// What kind of runtime failure the helper saw, so the agent can answer with the right code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Invalid,
+    Exists,
+    NotFound,
+    WrongState,
+    Other,
+}
+
+impl Kind {
+    fn of(e: &runtime::Error) -> Kind {
+        match e {
+            runtime::Error::InvalidId(_) | runtime::Error::Spec(_) => Kind::Invalid,
+            runtime::Error::Exists(_) => Kind::Exists,
+            runtime::Error::NotFound(_) => Kind::NotFound,
+            runtime::Error::WrongState { .. } => Kind::WrongState,
+            _ => Kind::Other,
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Kind::Invalid => "invalid",
+            Kind::Exists => "exists",
+            Kind::NotFound => "notfound",
+            Kind::WrongState => "state",
+            Kind::Other => "other",
+        }
+    }
+
+    fn from_word(word: &str) -> Kind {
+        match word {
+            "invalid" => Kind::Invalid,
+            "exists" => Kind::Exists,
+            "notfound" => Kind::NotFound,
+            "state" => Kind::WrongState,
+            _ => Kind::Other,
+        }
+    }
 }
 
 /// The container stdio a helper passes on: each `None` becomes /dev/null.
@@ -132,8 +174,12 @@ fn parse_result(line: &str) -> Option<Result<i32, Error>> {
     if let Some(pid) = line.strip_prefix("ok ") {
         return pid.parse().ok().map(Ok);
     }
-    line.strip_prefix("error ")
-        .map(|message| Err(Error::Runtime(message.to_string())))
+    let rest = line.strip_prefix("error ")?;
+    let (word, message) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some(Err(Error::Runtime {
+        kind: Kind::from_word(word),
+        message: message.to_string(),
+    }))
 }
 
 /// The helper's side: `args` are the words after [`FLAG`]. Returns the process exit code.
@@ -143,13 +189,14 @@ pub fn main(args: &[String]) -> i32 {
     let outcome = job_from_args(args);
     let line = match outcome {
         Ok(pid) => format!("ok {pid}\n"),
-        Err(message) => format!("error {}\n", message.replace('\n', " ")),
+        Err((kind, message)) => format!("error {} {}\n", kind.word(), message.replace('\n', " ")),
     };
     let _ = result.write_all(line.as_bytes());
     i32::from(!line.starts_with("ok "))
 }
 
-fn job_from_args(args: &[String]) -> Result<i32, String> {
+fn job_from_args(args: &[String]) -> Result<i32, (Kind, String)> {
+    let fail = |e: runtime::Error| (Kind::of(&e), e.to_string());
     let path_opt = |s: &String| (!s.is_empty()).then(|| PathBuf::from(s));
     match args {
         [verb, id, bundle, state_root, console] if verb == "create" => {
@@ -159,19 +206,23 @@ fn job_from_args(args: &[String]) -> Result<i32, String> {
             };
             let container =
                 runtime::Container::create(id, Path::new(bundle), Path::new(state_root), &opts)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(fail)?;
             Ok(container.pid())
         }
         [verb, id, state_root, process_json, console] if verb == "exec" => {
-            let process = runtime::spec::parse_process(process_json).map_err(|e| e.to_string())?;
+            let process = runtime::spec::parse_process(process_json)
+                .map_err(|e| (Kind::Invalid, format!("process_json: {e}")))?;
             let opts = runtime::ExecOptions {
                 console_socket: path_opt(console),
             };
             let mut container =
-                runtime::Container::load(id, Path::new(state_root)).map_err(|e| e.to_string())?;
-            container.exec(&process, &opts).map_err(|e| e.to_string())
+                runtime::Container::load(id, Path::new(state_root)).map_err(fail)?;
+            container.exec(&process, &opts).map_err(fail)
         }
-        other => Err(format!("runtime helper: bad arguments {other:?}")),
+        other => Err((
+            Kind::Other,
+            format!("runtime helper: bad arguments {other:?}"),
+        )),
     }
 }
 
@@ -183,8 +234,15 @@ mod tests {
     fn result_lines_parse() {
         assert!(matches!(parse_result("ok 42"), Some(Ok(42))));
         assert!(matches!(
-            parse_result("error container c1 already exists"),
-            Some(Err(Error::Runtime(m))) if m == "container c1 already exists"
+            parse_result("error exists container c1 already exists"),
+            Some(Err(Error::Runtime { kind: Kind::Exists, message })) if message == "container c1 already exists"
+        ));
+        assert!(matches!(
+            parse_result("error invalid process.args: empty"),
+            Some(Err(Error::Runtime {
+                kind: Kind::Invalid,
+                ..
+            }))
         ));
         assert!(parse_result("").is_none());
         assert!(parse_result("ok x").is_none());

@@ -79,8 +79,14 @@ fn runtime_status(e: runtime::Error) -> ttrpc::Error {
 }
 
 fn helper_status(e: runtime_helper::Error) -> ttrpc::Error {
+    use runtime_helper::Kind;
     let code = match e {
-        runtime_helper::Error::Runtime(_) => Code::FAILED_PRECONDITION,
+        runtime_helper::Error::Runtime { kind, .. } => match kind {
+            Kind::Invalid => Code::INVALID_ARGUMENT,
+            Kind::Exists => Code::ALREADY_EXISTS,
+            Kind::NotFound => Code::NOT_FOUND,
+            Kind::WrongState | Kind::Other => Code::FAILED_PRECONDITION,
+        },
         _ => Code::INTERNAL,
     };
     status(code, e)

@@ -304,3 +304,21 @@ fn exec_with_a_terminal_sees_resizes() {
     );
     agent.client.remove_container(&id, true).unwrap();
 }
+
+#[test]
+fn a_bad_spec_is_an_invalid_argument_and_leaves_nothing() {
+    if !usable() {
+        return;
+    }
+    let agent = TestAgent::start();
+    let image = busybox_rootfs(agent.dir.path());
+    let id = unique_id("b");
+    let err = agent
+        .client
+        .create_container(&id, &spec(&[]), &rootfs_device(&image), OUT, false)
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ttrpc::Code::INVALID_ARGUMENT), "{err}");
+    assert!(err.to_string().contains("process.args"), "{err}");
+    assert!(!agent.path("run/containers").join(&id).exists());
+    assert_eq!(agent.client.stats().unwrap().container_count, 0);
+}
