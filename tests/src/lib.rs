@@ -3,4 +3,5 @@
 
 pub mod artifacts;
 pub mod boot;
+pub mod bundle;
 pub mod lab;

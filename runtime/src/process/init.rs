@@ -38,8 +38,7 @@ pub(crate) fn intermediate(args: InitArgs) -> ! {
             namespaces::create(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(|e| e.to_string())?;
             chan.send(&Msg::NeedIdMaps).map_err(|e| e.to_string())?;
             chan.expect_go()?;
-            setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
-                .map_err(|e| format!("linux.gidMappings: container gid 0 is not usable: {e}"))?;
+            // Like runc, only the uid is switched here; the gid follows with process.user.
             setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
                 .map_err(|e| format!("linux.uidMappings: container uid 0 is not usable: {e}"))?;
         }
@@ -108,6 +107,15 @@ fn init(
     let process = spec.process().as_ref().ok_or("process: missing")?;
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     let in_userns = list.iter().any(|n| n.typ() == LinuxNamespaceType::User);
+    if crate::namespaces::wants_new_user(list) {
+        // The gid becomes 0 only now, after the other namespaces were created (as runc does).
+        let root = Gid::from_raw(0);
+        setresgid(root, root, root)
+            .map_err(|e| format!("linux.gidMappings: container gid 0 is not mapped: {e}"))?;
+        if std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() != "deny") {
+            nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+        }
+    }
     let mut state_json = String::new();
     let hooks = spec.hooks().as_ref();
     let mut before_pivot = || -> Result<(), String> {
@@ -128,7 +136,7 @@ fn init(
         crate::tty::setup(fd, size, true).map_err(|e| e.to_string())?;
         let _ = nix::unistd::close(fd);
     }
-    rootfs::finalize(spec).map_err(|e| e.to_string())?;
+    rootfs::finalize_root(spec).map_err(|e| e.to_string())?;
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         nix::unistd::sethostname(h).map_err(|e| format!("hostname: {e}"))?;
     }
@@ -148,6 +156,7 @@ fn init(
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
         std::fs::write(&path, value).map_err(|e| format!("linux.sysctl.{key}: {e}"))?;
     }
+    rootfs::finalize_paths(spec).map_err(|e| e.to_string())?;
     limits(process)?;
     let prepared = prepare(process, spec)?;
     chan.send(&Msg::Ready).map_err(|e| e.to_string())?;

@@ -23,13 +23,14 @@ struct Node {
 }
 
 fn default_nodes() -> Vec<Node> {
+    // runc's order, which shows in the mount table when nodes are bind-mounted (user namespace).
     [
         ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
         ("random", 1, 8),
-        ("urandom", 1, 9),
+        ("full", 1, 7),
         ("tty", 5, 0),
+        ("zero", 1, 5),
+        ("urandom", 1, 9),
     ]
     .into_iter()
     .map(|(name, major, minor)| Node {
@@ -93,7 +94,9 @@ fn create_node(rootfs: &Path, n: &Node, in_userns: bool) -> Result<(), RootfsErr
         message,
     };
     if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(|e| fail(format!("create parent: {e}")))?;
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o755)
+            .create(parent)
+            .map_err(|e| fail(format!("create parent: {e}")))?;
     }
     if in_userns {
         super::mounts::create_mount_point(&dest, true).map_err(|e| fail(e.to_string()))?;

@@ -133,16 +133,8 @@ pub fn prepare(
     Ok(Ok(()))
 }
 
-/// After pivot_root: readonlyPaths, maskedPaths, then root.readonly and root propagation.
-pub fn finalize(spec: &Spec) -> Result<(), RootfsError> {
-    if let Some(linux) = spec.linux() {
-        for (i, p) in linux.readonly_paths().iter().flatten().enumerate() {
-            paths::readonly(i, Path::new(p))?;
-        }
-        for (i, p) in linux.masked_paths().iter().flatten().enumerate() {
-            paths::mask(i, Path::new(p))?;
-        }
-    }
+/// After pivot_root: root.readonly and the root propagation (before hostname and sysctl).
+pub fn finalize_root(spec: &Spec) -> Result<(), RootfsError> {
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
         paths::readonly_root()?;
     }
@@ -158,6 +150,19 @@ pub fn finalize(spec: &Spec) -> Result<(), RootfsError> {
                 source,
             }
         })?;
+    }
+    Ok(())
+}
+
+/// Last: readonlyPaths then maskedPaths (after sysctl, which writes under /proc/sys).
+pub fn finalize_paths(spec: &Spec) -> Result<(), RootfsError> {
+    if let Some(linux) = spec.linux() {
+        for (i, p) in linux.readonly_paths().iter().flatten().enumerate() {
+            paths::readonly(i, Path::new(p))?;
+        }
+        for (i, p) in linux.masked_paths().iter().flatten().enumerate() {
+            paths::mask(i, Path::new(p))?;
+        }
     }
     Ok(())
 }
