@@ -211,6 +211,7 @@ fn run_vm(argv: &[OsString], cwd: &Path, opts: &Options) -> Result<Output, Error
         initramfs,
         control_dir: control.path().to_owned(),
         writable_dir: writable.then(|| cwd.to_owned()),
+        extra_cmdline: std::env::var("SANDBOX_LAB_CMDLINE").unwrap_or_default(),
     };
     let spawn_err = |source| Error::Spawn {
         program: opts.qemu.clone(),
@@ -226,6 +227,7 @@ fn run_vm(argv: &[OsString], cwd: &Path, opts: &Options) -> Result<Output, Error
         .take()
         .map(|e| Pump::start(File::from(OwnedFd::from(e)), Sink::Discard, true));
     let [console, stdout, stderr, status] = vm.ports;
+    // SANDBOX_LAB_CONSOLE=1 shows the lab kernel's console on stderr.
     let console_sink = if std::env::var_os("SANDBOX_LAB_CONSOLE").is_some() {
         Sink::Stderr
     } else {

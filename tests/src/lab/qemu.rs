@@ -29,6 +29,8 @@ pub struct VmConfig {
     pub control_dir: PathBuf,
     /// Shared writable at its own path, above the read-only root.
     pub writable_dir: Option<PathBuf>,
+    /// Appended to the kernel command line (e.g. `loglevel=7` to debug the lab's boot).
+    pub extra_cmdline: String,
 }
 
 /// A running lab VM and the read ends of its serial ports.
@@ -40,10 +42,15 @@ pub struct Vm {
 impl VmConfig {
     /// The kernel command line: quiet console on ttyS0, no reboot loop, the control dir.
     pub fn cmdline(&self) -> String {
-        format!(
+        let mut line = format!(
             "console=ttyS0 quiet panic=-1 mitigations=off lab.dir={}",
             self.control_dir.display()
-        )
+        );
+        if !self.extra_cmdline.is_empty() {
+            line.push(' ');
+            line.push_str(&self.extra_cmdline);
+        }
+        line
     }
 
     /// QEMU's arguments; port i writes to descriptor 3 + i.
@@ -163,6 +170,7 @@ mod tests {
             initramfs: "/c/initramfs.cpio".into(),
             control_dir: "/var/tmp/sandbox-lab-x".into(),
             writable_dir: Some("/w/a,b".into()),
+            extra_cmdline: "loglevel=7".into(),
         }
     }
 
