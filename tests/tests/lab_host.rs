@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,4 +114,21 @@ fn empty_command_is_rejected() {
         lab::run(&[], &options()),
         Err(lab::Error::EmptyCommand)
     ));
+}
+
+#[test]
+fn cancelled_run_kills_its_process() {
+    // Raised before the start: the run is stopped as soon as the VM (or command) is up.
+    let cancel = Arc::new(AtomicBool::new(true));
+    let pid = Arc::new(AtomicU32::new(0));
+    let opts = Options {
+        cancel: Some(cancel),
+        spawned_pid: Some(pid.clone()),
+        ..options()
+    };
+    let err = lab::run(&argv(&["sleep", "100000"]), &opts).unwrap_err();
+    assert!(matches!(err, lab::Error::Cancelled), "{err}");
+    let pid = pid.load(Ordering::SeqCst);
+    assert_ne!(pid, 0, "the lab never started its process");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
 }
