@@ -24,7 +24,10 @@ impl TestAgent {
         let dir = tempfile::tempdir().unwrap();
         let api = dir.path().join("api.sock");
         let stdio = dir.path().join("stdio.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_sandbox-agent"))
+        // SANDBOX_AGENT_BIN runs the tests against another build, e.g. the static release one.
+        let bin = std::env::var_os("SANDBOX_AGENT_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_sandbox-agent").into());
+        let child = Command::new(bin)
             .arg("--listen")
             .arg(format!("unix://{}", api.display()))
             .arg("--stdio-listen")
