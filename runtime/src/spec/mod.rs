@@ -63,7 +63,7 @@ pub fn parse(text: &str) -> Result<Spec, SpecError> {
     let mut de = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." || path.is_empty() {
+        let field = if path == "." || path == "?" || path.is_empty() {
             "config.json".to_string()
         } else {
             path
@@ -78,7 +78,7 @@ pub fn parse_process(text: &str) -> Result<oci_spec::runtime::Process, SpecError
     let mut de = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." || path.is_empty() {
+        let field = if path == "." || path == "?" || path.is_empty() {
             "process".to_string()
         } else {
             format!("process.{path}")
