@@ -9,7 +9,7 @@ use std::time::Duration;
 use kvm_bindings::{
     kvm_mp_state, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED,
 };
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::exit::{ExitReason, ExitSignal};
@@ -139,7 +139,8 @@ impl Vcpu {
             "KVM_GET_SUPPORTED_CPUID",
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
         )?;
-        cpuid::patch_cpuid(&mut cpuid, self.id, count);
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        cpuid::patch_cpuid(&mut cpuid, self.id, count, tsc_deadline);
         self.ioctl("KVM_SET_CPUID2", self.fd.set_cpuid2(&cpuid))?;
 
         let msrs = msr::boot_msrs();

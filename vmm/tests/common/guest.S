@@ -20,6 +20,8 @@ _start:
     je smp
     cmp $'w', %al
     je wait
+    cmp $'d', %al
+    je dots
     jmp fail
 
 hello:
@@ -77,6 +79,14 @@ wait:
     call print
 1:  pause
     jmp 1b
+
+dots:
+    mov $'.', %al
+    out %al, %dx
+    mov $1000, %ecx
+1:  pause
+    loop 1b
+    jmp dots
 
 fail:
     mov $msg_fail, %esi

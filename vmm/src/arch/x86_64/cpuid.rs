@@ -10,6 +10,8 @@ const LEAF_AMD_SIZE: u32 = 0x8000_0008;
 
 /// CPUID.1:ECX bit 31, "running under a hypervisor".
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.1:ECX bit 24, TSC-deadline mode of the LAPIC timer (emulated by KVM).
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// CPUID.1:EDX bit 28, HTT: EBX[23:16] holds a valid logical processor count.
 const EDX_HTT: u32 = 1 << 28;
 
@@ -23,8 +25,10 @@ fn id_bits(count: u32) -> u32 {
 }
 
 /// Patches `cpuid` (KVM's supported list) for vCPU `id` of `count`: one socket, one
-/// thread per core, `count` cores, APIC ID = vCPU index.
-pub fn patch_cpuid(cpuid: &mut CpuId, id: u8, count: u8) {
+/// thread per core, `count` cores, APIC ID = vCPU index. `tsc_deadline` is whether KVM
+/// emulates the TSC-deadline timer (KVM_CAP_TSC_DEADLINE_TIMER), which KVM does not list
+/// itself; without it Linux calibrates the LAPIC timer, which fails under nested TCG.
+pub fn patch_cpuid(cpuid: &mut CpuId, id: u8, count: u8, tsc_deadline: bool) {
     let (id, count) = (u32::from(id), u32::from(count));
     for entry in cpuid.as_mut_slice() {
         match entry.function {
@@ -32,6 +36,9 @@ pub fn patch_cpuid(cpuid: &mut CpuId, id: u8, count: u8) {
                 // EBX: [31:24] initial APIC ID, [23:16] logical processors per package.
                 entry.ebx = (entry.ebx & 0x0000_ffff) | (id << 24) | (count << 16);
                 entry.ecx |= ECX_HYPERVISOR;
+                if tsc_deadline {
+                    entry.ecx |= ECX_TSC_DEADLINE;
+                }
                 if count > 1 {
                     entry.edx |= EDX_HTT;
                 }
@@ -96,10 +103,11 @@ mod tests {
             entry(0x4000_0000, 0),
         ])
         .unwrap();
-        patch_cpuid(&mut cpuid, 2, 3);
+        patch_cpuid(&mut cpuid, 2, 3, true);
         let e = cpuid.as_slice();
         assert_eq!(e[0].ebx, (2 << 24) | (3 << 16) | 0x800);
         assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(e[0].ecx & ECX_TSC_DEADLINE, 0);
         assert_ne!(e[0].edx & EDX_HTT, 0);
         assert_eq!((e[1].ebx, e[1].edx), (1, 2));
         assert_eq!((e[2].eax, e[2].ebx, e[2].ecx, e[2].edx), (2, 3, 0x201, 2));

@@ -1,0 +1,125 @@
+//! The control API on a bare guest: state, pause/resume, flush-and-exit and shutdown
+//! through the real binary's Unix socket, and the socket file removed on exit.
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use common::GuestDir;
+
+/// Starts the VMM with an API socket; waits until the socket accepts connections.
+fn start(g: &GuestDir, scenario: &str, extra: &[&str]) -> (Child, UnixStream) {
+    let sock = g.path("api.sock");
+    let mut child = common::vmm_command(&g.kernel(), scenario, &g.path("serial.log"))
+        .arg("--api-sock")
+        .arg(&sock)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    loop {
+        if let Ok(s) = UnixStream::connect(&sock) {
+            return (child, s);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("sandbox-vmm exited early: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn call(stream: &mut UnixStream, request: &str) -> serde_json::Value {
+    stream.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
+}
+
+fn serial_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+#[test]
+fn state_pause_resume_and_flush_and_exit() {
+    let g = GuestDir::new();
+    let disk = g.path("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let (child, mut api) = start(&g, "dots", &["--block", disk.to_str().unwrap()]);
+
+    assert_eq!(
+        call(&mut api, r#"{"action": "state"}"#),
+        serde_json::json!({"ok": true, "state": "running"})
+    );
+    // The guest prints dots until paused; while paused the console does not grow.
+    let serial = g.path("serial.log");
+    while serial_len(&serial) == 0 {
+        std::thread::yield_now();
+    }
+    assert_eq!(call(&mut api, "pause")["state"], "paused");
+    let frozen = serial_len(&serial);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(serial_len(&serial), frozen, "a paused guest kept writing");
+    assert_eq!(call(&mut api, "state")["state"], "paused");
+    assert_eq!(call(&mut api, "resume")["state"], "running");
+    while serial_len(&serial) == frozen {
+        std::thread::yield_now();
+    }
+
+    let bad = call(&mut api, "reboot");
+    assert_eq!(bad["ok"], false);
+    assert_eq!(bad["error"], "unknown action \"reboot\"");
+
+    assert_eq!(
+        call(&mut api, r#"{"action": "flush-and-exit"}"#)["state"],
+        "exiting"
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !g.path("api.sock").exists(),
+        "the API socket is removed on exit"
+    );
+}
+
+#[test]
+fn shutdown_stops_a_guest_that_ignores_ctrl_alt_del_after_the_grace_period() {
+    let g = GuestDir::new();
+    let (mut child, mut api) = start(&g, "wait", &[]);
+    let reply = call(&mut api, r#"{"action": "shutdown", "timeout_ms": 50}"#);
+    assert_eq!(reply["state"], "shutting-down");
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert!(!g.path("api.sock").exists());
+    assert_eq!(
+        std::fs::read_to_string(g.path("serial.log")).unwrap(),
+        "WAITING\n"
+    );
+}
+
+#[test]
+fn api_socket_path_that_exists_is_refused() {
+    let g = GuestDir::new();
+    let sock = g.path("taken");
+    std::fs::write(&sock, b"").unwrap();
+    let out = common::vmm_command(&g.kernel(), "hello", &g.path("serial.log"))
+        .arg("--api-sock")
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "sandbox-vmm: --api-sock: {}: already exists\n",
+            sock.display()
+        )
+    );
+}
