@@ -1,6 +1,9 @@
 //! The main thread's event loop: an event-manager `EventManager` whose subscribers are the
-//! exit signal, the API socket and the virtio devices' queue and backend handlers.
+//! exit signal, SIGTERM/SIGINT, the API socket and the virtio devices' handlers.
 
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::io::FromRawFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -18,6 +21,58 @@ pub enum EventLoopError {
     Create(event_manager::Error),
     #[error("event loop failed: {0}")]
     Run(event_manager::Error),
+    #[error("cannot set up SIGTERM/SIGINT handling: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Turns SIGTERM and SIGINT into an orderly exit (the API socket is removed, the console
+/// flushed). The signals are blocked in the main thread before any vCPU thread exists, so
+/// every thread inherits the mask and only the signalfd sees them.
+struct SignalHandler {
+    fd: File,
+    exit: Arc<ExitSignal>,
+}
+
+impl SignalHandler {
+    fn new(exit: Arc<ExitSignal>) -> std::io::Result<Self> {
+        // SAFETY: `set` is a local sigset_t initialised by sigemptyset before use; the
+        // calls only read and write it and the thread's signal mask.
+        let fd = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            if rc != 0 {
+                return Err(std::io::Error::from_raw_os_error(rc));
+            }
+            libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new signalfd that nothing else owns.
+        let fd = unsafe { File::from_raw_fd(fd) };
+        Ok(Self { fd, exit })
+    }
+}
+
+impl MutEventSubscriber for SignalHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
+            tracing::error!(error = ?e, "cannot watch the signalfd");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+        if let Ok(n) = self.fd.read(&mut info) {
+            if n == info.len() {
+                let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+                self.exit.request(ExitReason::Signal(signo as i32));
+            }
+        }
+    }
 }
 
 /// Wakes the loop when a vCPU, a device or the API requests the exit.
@@ -48,6 +103,8 @@ impl EventLoop {
         let mut manager: EventManager<Subscriber> =
             EventManager::new().map_err(EventLoopError::Create)?;
         manager.add_subscriber(Arc::new(Mutex::new(ExitHandler { exit: exit.clone() })));
+        let signals = SignalHandler::new(exit.clone()).map_err(EventLoopError::Signals)?;
+        manager.add_subscriber(Arc::new(Mutex::new(signals)));
         Ok(Self { manager, exit })
     }
 

@@ -6,6 +6,24 @@ use std::time::Instant;
 use clap::Parser;
 use vmm::{build_microvm, BootTimer, Cli, VmConfig};
 
+/// Logs to stderr: warnings, plus boot phases with `--debug`; `SANDBOX_VMM_LOG` sets
+/// another level (error, warn, info, debug, trace). A plain level filter, not an env-filter,
+/// keeps the regex engine out of the binary and the start-up RSS small.
+fn init_logging(debug: bool) {
+    let level = std::env::var("SANDBOX_VMM_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(if debug {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::WARN
+        });
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .init();
+}
+
 fn main() -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse();
@@ -16,14 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let level = if config.debug { "info" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SANDBOX_VMM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .init();
+    init_logging(config.debug);
 
     let result =
         build_microvm(&config, BootTimer::new(start, config.debug)).and_then(|vmm| vmm.run());
@@ -34,7 +45,7 @@ fn main() -> ExitCode {
         }
         Ok(reason) => {
             eprintln!("sandbox-vmm: guest stopped: {reason}");
-            ExitCode::FAILURE
+            ExitCode::from(reason.exit_status())
         }
         Err(e) => {
             eprintln!("sandbox-vmm: {e}");

@@ -123,3 +123,22 @@ fn api_socket_path_that_exists_is_refused() {
         )
     );
 }
+
+#[test]
+fn sigterm_stops_the_vmm_and_removes_the_socket() {
+    let g = GuestDir::new();
+    let (child, mut api) = start(&g, "wait", &[]);
+    assert_eq!(call(&mut api, "state")["state"], "running");
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "sandbox-vmm: guest stopped: stopped by signal {}\n",
+            libc::SIGTERM
+        )
+    );
+    assert!(!g.path("api.sock").exists());
+}

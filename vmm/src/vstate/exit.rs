@@ -21,12 +21,23 @@ pub enum ExitReason {
     InternalError { vcpu: u8, suberror: u32 },
     /// KVM_EXIT_FAIL_ENTRY: the hardware refused to enter the guest.
     FailEntry { vcpu: u8, reason: u64 },
+    /// The VMM received SIGTERM or SIGINT.
+    Signal(i32),
     /// A KVM_RUN ioctl or a vCPU exit we cannot handle.
     VcpuError { vcpu: u8, message: String },
 }
 
 impl ExitReason {
     /// A guest power-off/reboot or an API exit ends the process with status 0.
+    /// The process exit status: 0 when clean, 128 + signal number for a signal, else 1.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            r if r.is_clean() => 0,
+            ExitReason::Signal(signo) => 128u8.saturating_add(*signo as u8),
+            _ => 1,
+        }
+    }
+
     pub fn is_clean(&self) -> bool {
         matches!(
             self,
@@ -56,6 +67,7 @@ impl fmt::Display for ExitReason {
                 "vCPU {vcpu}: failed to enter the guest, hardware reason {reason:#x}"
             ),
             ExitReason::VcpuError { vcpu, message } => write!(f, "vCPU {vcpu}: {message}"),
+            ExitReason::Signal(signo) => write!(f, "stopped by signal {signo}"),
         }
     }
 }
