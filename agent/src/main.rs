@@ -15,6 +15,7 @@ mod runtime_helper;
 mod sandbox;
 mod service;
 mod stdio;
+mod switch_root;
 
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -39,6 +40,13 @@ fn main() {
     if args.first().map(String::as_str) == Some(runtime_helper::FLAG) {
         std::process::exit(runtime_helper::main(&args[1..]));
     }
+    if init::is_pid1() && switch_root::needed() {
+        // Returns only if switching failed; containers then cannot pivot_root.
+        let e = switch_root::switch_and_reexec(&args);
+        eprintln!("sandbox-agent: {e}; staying on the initramfs");
+    }
+    // Not for the processes the agent starts.
+    std::env::remove_var(switch_root::SWITCHED_ENV);
     if let Err(e) = run(&args) {
         log::error!("{e:#}");
         eprintln!("sandbox-agent: {e:#}");

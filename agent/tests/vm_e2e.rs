@@ -1,0 +1,144 @@
+//! The agent as PID 1 of a real microVM: `sandbox-vmm` boots the guest kernel with the
+//! initramfs, and the host client reaches the agent through the VMM's hybrid vsock socket.
+//! Needs real KVM, so it runs in the lab (`cargo xtask test`, or `cargo xtask lab --` on the
+//! test binary with `--ignored`).
+//!
+//! Inputs (environment, defaults in brackets): SANDBOX_VMM [target/release/sandbox-vmm],
+//! SANDBOX_VMLINUX [target/guest/vmlinux], SANDBOX_INITRAMFS [target/guest/initramfs.cpio],
+//! SANDBOX_ROOTFS_IMAGE [none: the container part is skipped] — an ext4 image with a busybox
+//! root whose /bin/sh exists.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use shim::agent_client::{AgentClient, Endpoint, ExitStatus, RootfsDevice, StdioSet, StreamKind};
+
+fn input(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(default)
+    })
+}
+
+/// The VMM process; killed and reaped on drop if still running.
+struct Vm {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn boot(dir: tempfile::TempDir, vsock: &Path, image: Option<&Path>) -> Vm {
+    let mut cmd = Command::new(input("SANDBOX_VMM", "target/release/sandbox-vmm"));
+    cmd.arg("--kernel")
+        .arg(input("SANDBOX_VMLINUX", "target/guest/vmlinux"))
+        .arg("--initrd")
+        .arg(input("SANDBOX_INITRAMFS", "target/guest/initramfs.cpio"))
+        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 quiet"])
+        .args(["--memory", "256", "--vcpus", "1", "--serial", "stdout"])
+        .arg("--vsock")
+        .arg(format!("3,{}", vsock.display()));
+    if let Some(image) = image {
+        cmd.arg("--block").arg(format!("{},ro", image.display()));
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting sandbox-vmm");
+    Vm { child, _dir: dir }
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn agent_in_a_microvm_answers_over_hybrid_vsock() {
+    // Outside /tmp: the lab hides the host's /tmp.
+    let dir = tempfile::Builder::new()
+        .prefix("agent-e2e")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let vsock = dir.path().join("v.sock");
+    let image = std::env::var_os("SANDBOX_ROOTFS_IMAGE").map(PathBuf::from);
+    let mut vm = boot(dir, &vsock, image.as_deref());
+
+    let endpoint = Endpoint::HybridVsock {
+        socket: vsock.clone(),
+    };
+    let client =
+        AgentClient::wait_for_agent(&endpoint, Duration::from_secs(120), Duration::from_secs(30))
+            .expect("the agent answers through the VMM's vsock");
+    let check = client.check().unwrap();
+    println!(
+        "agent {} up, guest uptime {} ms",
+        check.version, check.uptime_ms
+    );
+    client
+        .create_sandbox("e2e", "e2e-guest", &["10.0.2.3".into()], &[])
+        .unwrap();
+    let stats = client.stats().unwrap();
+    assert!(stats.mem_total_bytes > 100 << 20, "{stats:?}");
+
+    // The only program in the bare initramfs is the agent itself: run it with a bad flag and
+    // read its complaint on stderr.
+    let json = serde_json::json!({"args": ["/init", "--bogus"], "env": [], "cwd": "/"});
+    let stdio = StdioSet {
+        stdin: false,
+        stdout: false,
+        stderr: true,
+    };
+    client
+        .exec_process("", "bad", &json.to_string(), stdio, false)
+        .unwrap();
+    let mut stderr = client.open_stream("", "bad", StreamKind::Stderr).unwrap();
+    let mut text = String::new();
+    stderr.read_to_string(&mut text).unwrap();
+    assert!(text.contains("unknown argument \"--bogus\""), "{text:?}");
+    assert_eq!(
+        client.wait_process("", "bad").unwrap(),
+        ExitStatus::Exited(1)
+    );
+
+    if image.is_some() {
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh", "-c", "echo hi from $(hostname); exit 3"],
+                        "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "hostname": "box",
+            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "uts"}, {"type": "mount"}]}
+        });
+        let rootfs = RootfsDevice {
+            device: "vda".into(),
+            fstype: "ext4".into(),
+            ..Default::default()
+        };
+        let out = StdioSet {
+            stdin: false,
+            stdout: true,
+            stderr: false,
+        };
+        client
+            .create_container("c1", &spec.to_string(), &rootfs, out, false)
+            .unwrap();
+        let mut stdout = client.open_stream("c1", "", StreamKind::Stdout).unwrap();
+        client.start_container("c1").unwrap();
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "hi from box\n");
+        assert_eq!(client.wait_process("c1", "").unwrap().code(), 3);
+        client.remove_container("c1", false).unwrap();
+    }
+
+    client.shutdown().unwrap();
+    let status = vm.child.wait().unwrap();
+    println!("sandbox-vmm exited: {status}");
+    assert!(status.success(), "{status}");
+}
