@@ -13,9 +13,10 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryReg
 use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MMIO_GAP_START};
 use crate::arch::pvh::{configure_pvh, InitrdRegion, PvhError};
 use crate::arch::{mptable, regs};
-use crate::config::VmConfig;
+use crate::config::{SerialOutput, VmConfig};
 use crate::device_manager::legacy::{LegacyDeviceError, PortIoDeviceManager};
 use crate::device_manager::mmio::MmioDeviceManager;
+use crate::devices::legacy::SerialInput;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::Bus;
@@ -311,6 +312,12 @@ pub fn build_microvm(config: &VmConfig, timer: BootTimer) -> Result<Vmm, BuildEr
     let mut mmio_bus = Bus::new();
     let legacy = PortIoDeviceManager::new(vm.fd(), &mut pio_bus, &config.serial, exit.clone())?;
     let mut event_loop = EventLoop::new(exit.clone())?;
+    if config.serial == SerialOutput::Stdout {
+        event_loop.add(Arc::new(Mutex::new(SerialInput::new(
+            legacy.serial.clone(),
+            std::io::stdin(),
+        ))));
+    }
     let devices = attach_virtio_devices(config, &vm, &mem, &mut mmio_bus, &mut event_loop)?;
     let cmdline = build_cmdline(&config.cmdline, &devices.cmdline)?;
     configure_system(&mem, &cmdline, initrd, config.vcpus)?;

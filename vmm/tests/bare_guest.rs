@@ -99,3 +99,22 @@ fn serial_none_and_stdout_outputs() {
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn stdin_reaches_the_guest_serial_port_with_serial_stdout() {
+    use std::io::Write;
+    let g = GuestDir::new();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-vmm"))
+        .arg("--kernel")
+        .arg(g.kernel())
+        .args(["--cmdline", "echo", "--memory", "16", "--serial", "stdout"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The guest echoes every byte it receives and resets after 'q'.
+    child.stdin.take().unwrap().write_all(b"ping q").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ping q");
+}

@@ -22,6 +22,8 @@ _start:
     je wait
     cmp $'d', %al
     je dots
+    cmp $'e', %al
+    je echo
     jmp fail
 
 hello:
@@ -87,6 +89,18 @@ dots:
 1:  pause
     loop 1b
     jmp dots
+
+echo:                               # echo serial input until 'q'
+    mov $0x3fd, %dx                 # line status register
+1:  in %dx, %al
+    test $1, %al                    # data ready
+    jz 1b
+    mov $0x3f8, %dx
+    in %dx, %al
+    out %al, %dx
+    cmp $'q', %al
+    jne echo
+    jmp reset
 
 fail:
     mov $msg_fail, %esi

@@ -5,5 +5,5 @@ pub mod serial;
 pub mod sink;
 
 pub use i8042::I8042;
-pub use serial::{EventFdTrigger, SerialDevice};
+pub use serial::{EventFdTrigger, SerialDevice, SerialInput};
 pub use sink::PortSink;

@@ -1,7 +1,11 @@
 //! The 16550 UART on 0x3f8 (vm-superio's `Serial`) as a bus device; its interrupt is an
 //! eventfd registered as the irqfd of IRQ 4, its output a file, stdout or nothing.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
@@ -41,6 +45,47 @@ impl SerialDevice {
     /// Flushes the output writer.
     pub fn flush(&mut self) {
         let _ = self.serial.writer_mut().flush();
+    }
+}
+
+/// Feeds host input (stdin) to the guest's serial port.
+pub struct SerialInput<R: Read + std::os::unix::io::AsRawFd> {
+    serial: Arc<Mutex<SerialDevice>>,
+    input: R,
+}
+
+impl<R: Read + std::os::unix::io::AsRawFd> SerialInput<R> {
+    pub fn new(serial: Arc<Mutex<SerialDevice>>, input: R) -> Self {
+        Self { serial, input }
+    }
+}
+
+impl<R: Read + std::os::unix::io::AsRawFd> MutEventSubscriber for SerialInput<R> {
+    fn init(&mut self, ops: &mut EventOps) {
+        // Regular files and /dev/null cannot be polled: then there is simply no input.
+        if let Err(e) = ops.add(Events::new(&self.input, EventSet::IN)) {
+            tracing::debug!(error = ?e, "serial: host input is not pollable; ignored");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        // The UART's receive FIFO holds 64 bytes; what does not fit is dropped.
+        let mut buf = [0u8; 64];
+        match self.input.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let _ = ops.remove(events);
+            }
+            Ok(n) => {
+                let queued = self
+                    .serial
+                    .lock()
+                    .expect("serial poisoned")
+                    .enqueue_input(&buf[..n]);
+                if queued < n {
+                    tracing::debug!(dropped = n - queued, "serial: receive FIFO full");
+                }
+            }
+        }
     }
 }
 
