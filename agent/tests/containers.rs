@@ -322,3 +322,57 @@ fn a_bad_spec_is_an_invalid_argument_and_leaves_nothing() {
     assert!(!agent.path("run/containers").join(&id).exists());
     assert_eq!(agent.client.stats().unwrap().container_count, 0);
 }
+
+#[test]
+fn init_with_all_streams_gets_stdin_and_keeps_output_order() {
+    if !usable() {
+        return;
+    }
+    let agent = TestAgent::start();
+    let image = busybox_rootfs(agent.dir.path());
+    let id = unique_id("s");
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["sh", "-c", "seq 1 100000; cat; echo bye >&2"],
+                    "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs"},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
+    });
+    agent
+        .client
+        .create_container(&id, &spec.to_string(), &rootfs_device(&image), ALL, false)
+        .unwrap();
+    let mut stdin = agent
+        .client
+        .open_stream(&id, "", StreamKind::Stdin)
+        .unwrap();
+    let mut stdout = agent
+        .client
+        .open_stream(&id, "", StreamKind::Stdout)
+        .unwrap();
+    let mut stderr = agent
+        .client
+        .open_stream(&id, "", StreamKind::Stderr)
+        .unwrap();
+    if let Err(e) = agent.client.start_container(&id) {
+        let mut err = String::new();
+        stderr.read_to_string(&mut err).unwrap();
+        panic!("{e}; stderr {err:?}");
+    }
+    stdin.write_all(b"from stdin\n").unwrap();
+    stdin.close_write().unwrap();
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    stderr.read_to_string(&mut err).unwrap();
+    let expected: String =
+        (1..=100000).map(|n| format!("{n}\n")).collect::<String>() + "from stdin\n";
+    assert!(out == expected, "stdout differs; stderr: {err:?}");
+    assert_eq!(err, "bye\n");
+    assert_eq!(
+        agent.client.wait_process(&id, "").unwrap(),
+        ExitStatus::Exited(0)
+    );
+    agent.client.remove_container(&id, false).unwrap();
+}
