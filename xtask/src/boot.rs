@@ -76,7 +76,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// `cargo build --release -p vmm`, with the cargo that runs us.
-fn build_vmm() -> Result<()> {
+pub fn build_vmm() -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--release", "-p", "vmm", "--bin", "sandbox-vmm"])

@@ -262,10 +262,20 @@ fn lab_tests(root: &Path, selection: &[String], timeout: u64) -> Result<Phase> {
     std::fs::write(&script, lab_script(&binaries))
         .with_context(|| format!("writing {}", script.display()))?;
 
+    // Lab tests start our VMM: build it, and tell them where it and the guest are.
+    if let Err(e) = crate::boot::build_vmm() {
+        eprintln!("{e:#}");
+        return Ok(Phase {
+            name: "lab",
+            tally: Tally::default(),
+            ok: false,
+        });
+    }
     let opts = crate::lab::options(timeout, 3072, false)?;
     let opts = lab::Options {
         capture: true,
         cwd: Some(root.to_owned()),
+        env: test_inputs(),
         ..opts
     };
     let argv = vec![OsString::from("sh"), script.into_os_string()];
@@ -285,6 +295,22 @@ fn lab_tests(root: &Path, selection: &[String], timeout: u64) -> Result<Phase> {
         tally,
         ok,
     })
+}
+
+/// `SANDBOX_VMM`, `SANDBOX_VMLINUX`, `SANDBOX_INITRAMFS` for the lab tests, as absolute
+/// paths, unless the caller set them.
+fn test_inputs() -> Vec<(OsString, OsString)> {
+    let target = artifacts::target_dir();
+    let guest = artifacts::guest_dir();
+    [
+        ("SANDBOX_VMM", target.join("release").join("sandbox-vmm")),
+        ("SANDBOX_VMLINUX", guest.join("vmlinux")),
+        ("SANDBOX_INITRAMFS", guest.join("initramfs.cpio")),
+    ]
+    .into_iter()
+    .filter(|(name, _)| std::env::var_os(name).is_none())
+    .map(|(name, path)| (name.into(), path.into_os_string()))
+    .collect()
 }
 
 #[cfg(test)]
