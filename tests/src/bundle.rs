@@ -256,16 +256,30 @@ impl Drop for StateRoot {
     }
 }
 
-/// `sandbox --no-vm --root <root> <args...>` with stdin closed.
+/// `sandbox --no-vm --root <root> <args...>` with stdin closed. stdout and stderr go through
+/// files, not pipes: a created or detached container keeps them open after `sandbox` exits.
 pub fn sandbox(root: &Path, args: &[&str]) -> Output {
-    Command::new(sandbox_bin())
+    let dir = Path::new(BASE).join("out");
+    fs::create_dir_all(&dir).unwrap();
+    let (out_path, err_path) = (dir.join(unique("stdout")), dir.join(unique("stderr")));
+    let status = Command::new(sandbox_bin())
         .arg("--no-vm")
         .arg("--root")
         .arg(root)
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .expect("run sandbox")
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap())
+        .status()
+        .expect("run sandbox");
+    let output = Output {
+        status,
+        stdout: fs::read(&out_path).unwrap(),
+        stderr: fs::read(&err_path).unwrap(),
+    };
+    let _ = fs::remove_file(out_path);
+    let _ = fs::remove_file(err_path);
+    output
 }
 
 /// `runc --root <root> <args...>` with stdin closed.
