@@ -2,6 +2,7 @@
 //! the timed guest boot. The integration tests themselves live in `tests/`.
 
 pub mod artifacts;
+pub mod bare_guest;
 pub mod boot;
 pub mod bundle;
 pub mod lab;

@@ -2,6 +2,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod boot;
 mod demo;
 mod lab;
@@ -27,6 +28,8 @@ enum Cmd {
     Demo(demo::Args),
     /// Run every test: unit, host and lab.
     Test(test::Args),
+    /// Benchmarks against peers (QEMU, runc, crun) with a report and plots.
+    Bench(bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -37,5 +40,6 @@ fn main() -> Result<()> {
         Cmd::Boot(a) => boot::run(a),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Test(a) => test::run(a),
+        Cmd::Bench(a) => bench::run(a),
     }
 }
