@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{kill, Signal};
@@ -95,6 +95,9 @@ pub struct CreateOptions {
     /// The cgroup path used when the spec has no `linux.cgroupsPath`, relative to the cgroup2
     /// root; `{id}` is replaced by the container id. Default: `sandbox/{id}`.
     pub default_cgroup_path: Option<String>,
+    /// Descriptors to use as the process's stdin, stdout and stderr (e.g. the agent's pipes).
+    /// None: the caller's own 0, 1 and 2 are inherited. Ignored for a terminal.
+    pub stdio: Option<[RawFd; 3]>,
 }
 
 /// Options for [`Container::exec`].
@@ -102,6 +105,8 @@ pub struct CreateOptions {
 pub struct ExecOptions {
     /// Console socket for a process with `terminal: true`.
     pub console_socket: Option<PathBuf>,
+    /// stdin, stdout and stderr for the process; None inherits the caller's.
+    pub stdio: Option<[RawFd; 3]>,
 }
 
 /// A container in a state root. Obtained from [`Container::create`] or [`Container::load`].
@@ -297,6 +302,7 @@ impl Container {
                     chan: child_end,
                     fifo: fifo.as_raw_fd(),
                     console: console.as_ref().map(|c| c.as_raw_fd()),
+                    stdio: opts.stdio,
                 })
             }
             ForkResult::Parent { child } => child,
@@ -585,6 +591,7 @@ impl Container {
                     init_pid: self.state.pid,
                     chan: child_end,
                     console: console.as_ref().map(|c| c.as_raw_fd()),
+                    stdio: opts.stdio,
                 })
             }
             ForkResult::Parent { child } => child,

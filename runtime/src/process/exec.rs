@@ -16,12 +16,16 @@ pub(crate) struct ExecArgs<'a> {
     pub init_pid: i32,
     pub chan: Channel,
     pub console: Option<RawFd>,
+    pub stdio: Option<[RawFd; 3]>,
 }
 
 /// Runs in the forked intermediate. Never returns.
 pub(crate) fn intermediate(args: ExecArgs) -> ! {
     let chan = &args.chan;
     let result = (|| -> Result<(), String> {
+        if let Some(fds) = args.stdio {
+            super::set_stdio(fds)?;
+        }
         chan.expect_go()?;
         let mut join = ToJoin::of_process(args.init_pid).map_err(|e| e.to_string())?;
         join.join_user().map_err(|e| e.to_string())?;

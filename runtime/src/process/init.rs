@@ -19,12 +19,16 @@ pub(crate) struct InitArgs<'a> {
     pub chan: Channel,
     pub fifo: RawFd,
     pub console: Option<RawFd>,
+    pub stdio: Option<[RawFd; 3]>,
 }
 
 /// Runs in the first forked child. Never returns.
 pub(crate) fn intermediate(args: InitArgs) -> ! {
     let chan = &args.chan;
     let result = (|| -> Result<(), String> {
+        if let Some(fds) = args.stdio {
+            super::set_stdio(fds)?;
+        }
         chan.expect_go()?;
         let list = args
             .spec

@@ -144,6 +144,17 @@ pub(crate) fn finish(
     Err(format!("process.args[0]: exec {:?}: {err}", prepared.path))
 }
 
+/// Makes `fds` the calling process's stdin, stdout and stderr.
+pub(crate) fn set_stdio(fds: [std::os::fd::RawFd; 3]) -> Result<(), String> {
+    for (target, fd) in fds.into_iter().enumerate() {
+        if fd != target as i32 {
+            nix::unistd::dup2(fd, target as i32)
+                .map_err(|e| format!("stdio: dup2 {fd} onto {target}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Ends a forked child without running Rust destructors or atexit handlers of the parent.
 pub(crate) fn exit_child(code: i32) -> ! {
     // SAFETY: _exit terminates the calling (forked) process immediately.

@@ -31,6 +31,7 @@ impl NoVm {
         let opts = CreateOptions {
             console_socket: a.console_socket.clone(),
             default_cgroup_path: None,
+            stdio: None,
         };
         let c = Container::create(&a.id, &a.bundle, &self.root, &opts)?;
         if let Some(p) = &a.pid_file {
@@ -199,6 +200,7 @@ impl Backend for NoVm {
         };
         let opts = ExecOptions {
             console_socket: a.console_socket.clone(),
+            stdio: None,
         };
         let pid = c.exec(&process, &opts)?;
         if let Some(f) = &a.pid_file {
