@@ -26,7 +26,7 @@ status() {
 
 nine="trans=virtio,version=9p2000.L,msize=262144"
 mkdir -p /host /layer /newroot
-mount -t 9p -o "$nine,ro" hostroot /host || status 250
+mount -t 9p -o "$nine,ro,cache=loose" hostroot /host || status 250
 mount -t tmpfs -o mode=0755 tmpfs /layer
 mkdir -p /layer/upper /layer/work
 mount -t overlay -o lowerdir=/host,upperdir=/layer/upper,workdir=/layer/work overlay /newroot \
