@@ -373,7 +373,6 @@ impl Vmm {
             .collect::<Result<_, _>>()?;
         let handles = Arc::new(handles);
         let devices = Arc::new(Mutex::new(devices));
-        let api_path = api.as_ref().map(|a| a.path().to_path_buf());
         if let Some(api) = api {
             event_loop.add(api.into_subscriber(crate::api::VmControl {
                 exit: exit.clone(),
@@ -389,9 +388,8 @@ impl Vmm {
             devices.lock().expect("devices poisoned").flush();
         }
         legacy.flush();
-        if let Some(path) = api_path {
-            let _ = std::fs::remove_file(path);
-        }
+        // Dropping the event loop drops the API server, which removes its socket file.
+        drop(event_loop);
         drop(vm);
         drop(mem);
         Ok(result?)

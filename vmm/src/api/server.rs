@@ -75,10 +75,19 @@ fn reply_err(error: &str) -> String {
     serde_json::json!({"ok": false, "error": error}).to_string()
 }
 
+/// The socket's path, removed when the server (or the unstarted handle) is dropped.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// The bound socket, before the VM runs.
 pub struct ApiServerHandle {
     listener: UnixListener,
-    path: PathBuf,
+    path: SocketFile,
     shutdown_timer: TimerFd,
 }
 
@@ -89,6 +98,7 @@ impl ApiServerHandle {
             path: path.display().to_string(),
             source,
         })?;
+        let file = SocketFile(path.to_path_buf());
         listener
             .set_nonblocking(true)
             .map_err(|source| ApiError::Bind {
@@ -98,18 +108,19 @@ impl ApiServerHandle {
         let shutdown_timer = TimerFd::new().map_err(ApiError::Timer)?;
         Ok(Self {
             listener,
-            path: path.to_path_buf(),
+            path: file,
             shutdown_timer,
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.path.0
     }
 
     /// The event-loop subscriber serving the socket.
     pub fn into_subscriber(self, vm: VmControl) -> Subscriber {
         Arc::new(Mutex::new(ApiServer {
+            _file: self.path,
             listener: self.listener,
             conns: HashMap::new(),
             vm,
@@ -124,6 +135,8 @@ struct Connection {
 }
 
 struct ApiServer {
+    /// Dropped with the event loop when the VMM exits, removing the socket file.
+    _file: SocketFile,
     listener: UnixListener,
     conns: HashMap<RawFd, Connection>,
     vm: VmControl,
