@@ -1,18 +1,18 @@
-//! The reference boot: QEMU microvm boots our vmlinux + initramfs under real KVM and the
-//! agent reports ready on the console. Runs in the lab (`cargo xtask test`).
+//! The timed guest boot under real KVM: QEMU microvm (the reference) and our sandbox-vmm boot
+//! our vmlinux + initramfs and the agent reports ready. Runs in the lab (`cargo xtask test`).
+
+use std::path::PathBuf;
 
 use sandbox_tests::artifacts;
-use sandbox_tests::boot::{BootConfig, Vmm, READY_MARKER};
+use sandbox_tests::boot::{BootConfig, BootReport, Vmm, READY_MARKER};
 
-#[test]
-#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
-fn qemu_reference_boot_reaches_agent_ready() {
+fn boot(vmm: Vmm) -> BootReport {
     let config = BootConfig::new(
-        Vmm::Qemu,
+        vmm,
         artifacts::vmlinux().unwrap(),
         artifacts::initramfs().unwrap(),
     );
-    let report = config.run().expect("reference boot");
+    let report = config.run().expect("boot to agent-ready");
     let marker = report
         .console
         .lines()
@@ -25,8 +25,25 @@ fn qemu_reference_boot_reaches_agent_ready() {
     assert!(report.guest_ms > 0, "{marker}");
     assert!(
         report.exited,
-        "QEMU did not exit after the agent rebooted; console:\n{}",
+        "the VMM did not exit after the agent rebooted; console:\n{}",
         report.console
     );
     println!("{}", report.summary());
+    report
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn qemu_reference_boot_reaches_agent_ready() {
+    boot(Vmm::Qemu);
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn sandbox_vmm_boot_reaches_agent_ready() {
+    // `cargo xtask test` builds the VMM and names it in SANDBOX_VMM.
+    let binary = std::env::var_os("SANDBOX_VMM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| artifacts::sandbox_vmm().unwrap());
+    boot(Vmm::Sandbox { binary });
 }
