@@ -93,6 +93,10 @@ fn state_pause_resume_and_flush_and_exit() {
 fn shutdown_stops_a_guest_that_ignores_ctrl_alt_del_after_the_grace_period() {
     let g = GuestDir::new();
     let (mut child, mut api) = start(&g, "wait", &[]);
+    let serial = g.path("serial.log");
+    while std::fs::read_to_string(&serial).unwrap_or_default() != "WAITING\n" {
+        std::thread::yield_now();
+    }
     let reply = call(&mut api, r#"{"action": "shutdown", "timeout_ms": 50}"#);
     assert_eq!(reply["state"], "shutting-down");
     let status = child.wait().unwrap();
