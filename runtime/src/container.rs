@@ -345,13 +345,21 @@ impl Container {
                         }
                     }
                 }
-                Some(Msg::Pid(pid)) => {
-                    self.state.pid = pid;
-                    self.state.init_start_time =
-                        state::process_info(pid).map(|(_, t)| t).unwrap_or(0);
-                    self.state.save(&self.dir)?;
-                }
+                Some(Msg::Pid(pid)) => self.record_pid(pid)?,
                 Some(Msg::RunHooks) => {
+                    // The init and the intermediate both write to the channel: the init may
+                    // get here before the intermediate reported its PID.
+                    while self.state.pid == 0 {
+                        match chan.recv().map_err(sys("sync channel"))? {
+                            Some(Msg::Pid(pid)) => self.record_pid(pid)?,
+                            Some(Msg::Error(e)) => return Err(Error::Init(e)),
+                            other => {
+                                return Err(Error::Init(format!(
+                                    "sync channel: expected the init's pid, got {other:?}"
+                                )))
+                            }
+                        }
+                    }
                     let json = self.state.oci_json();
                     let r = hooks::run(HookKind::Prestart, self.spec.hooks().as_ref(), &json)
                         .and_then(|_| {
@@ -377,6 +385,12 @@ impl Container {
                 None => return Err(Error::Init("container init exited during setup".into())),
             }
         }
+    }
+
+    fn record_pid(&mut self, pid: i32) -> Result<()> {
+        self.state.pid = pid;
+        self.state.init_start_time = state::process_info(pid).map(|(_, t)| t).unwrap_or(0);
+        Ok(self.state.save(&self.dir)?)
     }
 
     /// Kills whatever was started and removes the cgroup and state directory.

@@ -381,20 +381,6 @@ fn console_socket_receives_the_pty() {
 }
 
 #[test]
-fn vm_path_is_not_available_yet() {
-    let b = Bundle::new("vm");
-    let out = std::process::Command::new(sandbox_tests::bundle::sandbox_bin())
-        .args(["run", "-b", b.path().to_str().unwrap(), "vm-test"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "sandbox: the microVM path is not available yet; use --no-vm\n"
-    );
-}
-
-#[test]
 fn no_vm_flag_is_accepted_after_the_subcommand() {
     let root = StateRoot::new("flagpos");
     let out = std::process::Command::new(sandbox_tests::bundle::sandbox_bin())
