@@ -575,3 +575,36 @@ fn annotations_and_no_sysfs() {
         None,
     );
 }
+
+#[test]
+fn seccomp_range_and_masked_conditions() {
+    variant(
+        "seccomp-range",
+        |c| {
+            c["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [
+                    {"names": ["kill"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+                     "args": [{"index": 1, "value": 10, "op": "SCMP_CMP_GE"}, {"index": 0, "value": 1000000, "op": "SCMP_CMP_LT"}]},
+                    {"names": ["umask"], "action": "SCMP_ACT_ERRNO", "errnoRet": 22,
+                     "args": [{"index": 0, "value": 7, "valueTwo": 7, "op": "SCMP_CMP_MASKED_EQ"}]}
+                ]
+            });
+        },
+        Some("kill -0 $$ && echo sig0-allowed\nkill -CONT $$ && echo cont-allowed\n"),
+    );
+}
+
+#[test]
+fn seccomp_kill_process() {
+    variant(
+        "seccomp-kill",
+        |c| {
+            c["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_KILL_PROCESS"}]
+            });
+        },
+        Some("echo before\nmkdir /tmp/k\necho not-reached\n"),
+    );
+}
