@@ -1,4 +1,5 @@
 //! Host controller shared by the `sandbox` CLI and the containerd shim.
 pub mod agent_client;
 pub mod cli;
+pub mod controller;
 pub mod vsock;

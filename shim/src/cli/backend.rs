@@ -16,6 +16,9 @@ pub enum CliError {
     /// The microVM backend is not there yet.
     #[error("the microVM path is not available yet; use --no-vm")]
     VmUnavailable,
+    /// The microVM backend (host controller) failed.
+    #[error(transparent)]
+    Controller(#[from] crate::controller::Error),
     /// A flag or argument is wrong.
     #[error("{0}")]
     Usage(String),
@@ -103,7 +106,7 @@ pub fn select(cli: &Cli) -> Result<Box<dyn Backend>, CliError> {
             .unwrap_or_else(|| PathBuf::from(super::NOVM_ROOT));
         Ok(Box::new(super::novm::NoVm::new(root)))
     } else {
-        Ok(Box::new(MicroVm))
+        Ok(Box::new(super::vm::Vm::new(cli.root.clone(), cli.debug)?))
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod novm;
 pub mod spec;
+pub mod vm;
 
 use std::path::PathBuf;
 

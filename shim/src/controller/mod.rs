@@ -1,0 +1,43 @@
+//! The host controller: runs an OCI bundle's process in its own microVM (image, VMM, agent,
+//! stdio) and keeps a runc-like state directory per container under the state root.
+
+pub mod config;
+pub mod image;
+pub mod sandbox;
+pub mod signals;
+pub mod state;
+pub mod stdio;
+pub mod timing;
+pub mod tty;
+pub mod vm;
+
+pub use config::Config;
+pub use sandbox::{ExecRequest, Sandbox};
+pub use state::{Record, Status};
+
+/// Errors of the controller; each names the file, device or container concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error(transparent)]
+    State(#[from] state::Error),
+    #[error(transparent)]
+    Image(#[from] image::Error),
+    #[error(transparent)]
+    Vm(#[from] vm::Error),
+    #[error(transparent)]
+    Agent(#[from] crate::agent_client::Error),
+    #[error("bundle {bundle}: {reason}")]
+    Bundle {
+        bundle: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("container {id}: {reason}")]
+    Container { id: String, reason: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,468 @@
+//! The container lifecycle on top of the VM, the image cache and the state root: create,
+//! start, run in the foreground, exec, kill, state, delete; what runc's commands need.
+
+use std::fs;
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use protocol::agent::{ContainerStatus, ProcessInfo};
+
+use crate::agent_client::{AgentClient, Endpoint, RootfsDevice, StdioSet};
+
+use super::config::Config;
+use super::image::{Cache, Image};
+use super::state::{self, Record, Root, Status};
+use super::stdio;
+use super::timing::Phases;
+use super::tty::{window_size, RawMode};
+use super::vm::{self, VmPaths, Vmm};
+use super::{signals, Error};
+
+/// The guest block device of the rootfs image (the first virtio-blk device).
+pub const ROOTFS_DEVICE: &str = "vda";
+/// Its filesystem.
+pub const ROOTFS_FSTYPE: &str = "erofs";
+/// Deadline for reaching an agent that should already be up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A process to run in a container with `exec`.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    /// An OCI `process` object.
+    pub process: serde_json::Value,
+    /// Return once started, with no stdio attached.
+    pub detach: bool,
+}
+
+/// The controller for one state root.
+pub struct Sandbox {
+    cfg: Config,
+    root: Root,
+    cache: Cache,
+}
+
+/// What `create` leaves behind for the caller that goes on to start the container.
+struct Created {
+    record: Record,
+    vmm: Vmm,
+    client: AgentClient,
+}
+
+/// The parts of config.json the controller reads.
+struct BundleSpec {
+    dir: PathBuf,
+    rootfs: PathBuf,
+    json: String,
+    value: serde_json::Value,
+    terminal: bool,
+}
+
+impl BundleSpec {
+    fn load(bundle: &Path) -> Result<BundleSpec, Error> {
+        let bad = |reason: String| Error::Bundle {
+            bundle: bundle.to_path_buf(),
+            reason,
+        };
+        let dir = fs::canonicalize(bundle).map_err(|e| bad(e.to_string()))?;
+        let json = fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| bad(format!("config.json: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&json).map_err(|e| bad(format!("config.json: {e}")))?;
+        let root = value["root"]["path"]
+            .as_str()
+            .ok_or_else(|| bad("config.json: root.path is missing".into()))?;
+        let rootfs = dir.join(root);
+        if !rootfs.is_dir() {
+            return Err(bad(format!(
+                "root.path {} is not a directory",
+                rootfs.display()
+            )));
+        }
+        if !value["process"].is_object() {
+            return Err(bad("config.json: process is missing".into()));
+        }
+        let terminal = value["process"]["terminal"].as_bool().unwrap_or(false);
+        Ok(BundleSpec {
+            dir,
+            rootfs,
+            json,
+            value,
+            terminal,
+        })
+    }
+}
+
+impl Sandbox {
+    pub fn new(cfg: Config) -> Sandbox {
+        let root = Root::new(cfg.root.clone());
+        let cache = Cache::new(cfg.image_cache.clone());
+        Sandbox { cfg, root, cache }
+    }
+
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    /// Image, VM, agent and CreateContainer; on failure nothing is left.
+    fn create_vm(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdio: StdioSet,
+        phases: &mut Phases,
+    ) -> Result<Created, Error> {
+        let spec = BundleSpec::load(bundle)?;
+        let dir = self.root.reserve(id)?;
+        let paths = VmPaths::new(&dir);
+        let mut record = Record {
+            oci_version: spec.value["ociVersion"]
+                .as_str()
+                .unwrap_or("1.0.2")
+                .to_string(),
+            id: id.to_string(),
+            pid: 0,
+            vmm_start_time: 0,
+            status: Status::Creating,
+            bundle: spec.dir.clone(),
+            rootfs: spec.rootfs.clone(),
+            created: state::now_rfc3339(),
+            owner: String::new(),
+            state_dir: dir.clone(),
+            vsock: paths.vsock.clone(),
+            console_log: paths.console_log.clone(),
+            image: PathBuf::new(),
+            image_key: String::new(),
+            terminal: spec.terminal,
+        };
+        let mut vmm: Option<Vmm> = None;
+        let result = (|| {
+            self.root.save(&record)?;
+            self.cfg.check_guest()?;
+            vm::check_kvm()?;
+            let Image { key, path } = self.cache.acquire(&spec.rootfs, &dir)?;
+            record.image = path;
+            record.image_key = key;
+            self.root.save(&record)?;
+            phases.mark("image");
+            let v = vmm.insert(Vmm::spawn(&self.cfg, &paths, &record.image)?);
+            record.pid = v.pid;
+            record.vmm_start_time = v.start_time;
+            self.root.save(&record)?;
+            phases.mark("vmm spawn");
+            let client = v.wait_for_agent(&paths, self.cfg.agent_timeout)?;
+            phases.mark("agent ready");
+            client.create_sandbox(id, id, &[], &[])?;
+            let rootfs = RootfsDevice {
+                device: ROOTFS_DEVICE.into(),
+                fstype: ROOTFS_FSTYPE.into(),
+                ..RootfsDevice::default()
+            };
+            client.create_container(id, &spec.json, &rootfs, stdio, spec.terminal)?;
+            record.status = Status::Created;
+            self.root.save(&record)?;
+            phases.mark("create");
+            Ok(client)
+        })();
+        match result {
+            Ok(client) => Ok(Created {
+                record,
+                vmm: vmm.expect("spawned before the agent answered"),
+                client,
+            }),
+            Err(e) => {
+                if let Some(mut v) = vmm {
+                    v.stop(None, Duration::ZERO);
+                }
+                self.forget(&record);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the container's directory and its claim on the image.
+    fn forget(&self, record: &Record) {
+        let _ = self.root.remove(&record.id);
+        if let Err(e) = self.cache.release(&record.image_key, &record.state_dir) {
+            tracing::warn!("releasing image {}: {e}", record.image_key);
+        }
+    }
+
+    /// `create`: the VM and a container waiting for `start`; the VMM keeps running after we
+    /// return. A detached container's stdio is /dev/null in the guest.
+    pub fn create(&self, id: &str, bundle: &Path) -> Result<Record, Error> {
+        let mut phases = Phases::new(self.cfg.debug);
+        let spec_terminal = BundleSpec::load(bundle)?.terminal;
+        if spec_terminal {
+            return Err(Error::Bundle {
+                bundle: bundle.to_path_buf(),
+                reason: "process.terminal is true: a detached container cannot have a terminal in the microVM backend (run it in the foreground)".into(),
+            });
+        }
+        let created = self.create_vm(id, bundle, StdioSet::default(), &mut phases)?;
+        created.vmm.detach();
+        Ok(created.record)
+    }
+
+    /// `start` of a created container.
+    pub fn start(&self, id: &str) -> Result<(), Error> {
+        let mut record = self.root.load(id)?;
+        let client = self.connect(&record)?;
+        client.start_container(id)?;
+        record.status = Status::Running;
+        self.root.save(&record)?;
+        Ok(())
+    }
+
+    /// `run --detach`: create + start, returning with the VM running.
+    pub fn run_detached(&self, id: &str, bundle: &Path) -> Result<Record, Error> {
+        let mut record = self.create(id, bundle)?;
+        let client = self.connect(&record)?;
+        client.start_container(id)?;
+        record.status = Status::Running;
+        self.root.save(&record)?;
+        Ok(record)
+    }
+
+    /// `run` in the foreground: stdio attached (a terminal in raw mode when the spec asks for
+    /// one), signals forwarded; returns the exit code (128+N after signal N) once everything
+    /// is removed.
+    pub fn run(&self, id: &str, bundle: &Path, pid_file: Option<&Path>) -> Result<i32, Error> {
+        let sigset = signals::block().map_err(|e| Error::Io {
+            what: "blocking signals".into(),
+            source: e.into(),
+        })?;
+        let mut phases = Phases::new(self.cfg.debug);
+        let spec = BundleSpec::load(bundle)?;
+        let stdio_set = if spec.terminal {
+            StdioSet::default()
+        } else {
+            StdioSet {
+                stdin: true,
+                stdout: true,
+                stderr: true,
+            }
+        };
+        let Created {
+            mut record,
+            mut vmm,
+            client,
+        } = self.create_vm(id, bundle, stdio_set, &mut phases)?;
+        let result = (|| {
+            if let Some(path) = pid_file {
+                write_pid_file(path, record.pid)?;
+            }
+            let raw = if spec.terminal {
+                RawMode::enable(stdin_fd())
+            } else {
+                None
+            };
+            let attached = stdio::attach(&client, id, "", spec.terminal)?;
+            client.start_container(id)?;
+            record.status = Status::Running;
+            self.root.save(&record)?;
+            phases.mark("start");
+            forward_signals(sigset, &client, id, "", spec.terminal);
+            let status = client.wait_process(id, "")?;
+            attached.finish();
+            drop(raw);
+            Ok(status.code())
+        })();
+        vmm.stop(Some(&client), vm::SHUTDOWN_GRACE);
+        self.forget(&record);
+        result
+    }
+
+    /// `exec`: a new process in a running container; its exit code unless detached.
+    pub fn exec(&self, id: &str, req: &ExecRequest) -> Result<i32, Error> {
+        let sigset = if req.detach {
+            None
+        } else {
+            Some(signals::block().map_err(|e| Error::Io {
+                what: "blocking signals".into(),
+                source: e.into(),
+            })?)
+        };
+        let record = self.root.load(id)?;
+        let client = self.connect(&record)?;
+        let terminal = req.process["terminal"].as_bool().unwrap_or(false);
+        let exec_id = state::generate_id().replacen("sbx", "exec", 1);
+        let process_json = req.process.to_string();
+        let Some(sigset) = sigset else {
+            client.exec_process(id, &exec_id, &process_json, StdioSet::default(), false)?;
+            return Ok(0);
+        };
+        let stdio_set = if terminal {
+            StdioSet::default()
+        } else {
+            StdioSet {
+                stdin: true,
+                stdout: true,
+                stderr: true,
+            }
+        };
+        client.exec_process(id, &exec_id, &process_json, stdio_set, terminal)?;
+        let raw = if terminal {
+            RawMode::enable(stdin_fd())
+        } else {
+            None
+        };
+        let attached = stdio::attach(&client, id, &exec_id, terminal)?;
+        forward_signals(sigset, &client, id, &exec_id, terminal);
+        let status = client.wait_process(id, &exec_id)?;
+        attached.finish();
+        drop(raw);
+        Ok(status.code())
+    }
+
+    /// The container's process spec from its bundle (the base of an `exec` process).
+    pub fn bundle_process(&self, id: &str) -> Result<serde_json::Value, Error> {
+        let record = self.root.load(id)?;
+        Ok(BundleSpec::load(&record.bundle)?.value["process"].clone())
+    }
+
+    /// The record and the live status (asked from the agent while the VM runs).
+    pub fn state(&self, id: &str) -> Result<(Record, Status), Error> {
+        let record = self.root.load(id)?;
+        let status = self.live_status(&record);
+        Ok((record, status))
+    }
+
+    fn live_status(&self, record: &Record) -> Status {
+        if record.pid == 0 || !vm::alive(record.pid, record.vmm_start_time) {
+            return Status::Stopped;
+        }
+        let Ok(client) = AgentClient::connect(&endpoint(record), CONNECT_TIMEOUT) else {
+            return record.status;
+        };
+        match client.container_state(&record.id) {
+            Ok(s) => match s.status.enum_value_or_default() {
+                ContainerStatus::CREATED => Status::Created,
+                ContainerStatus::RUNNING => Status::Running,
+                ContainerStatus::STOPPED => Status::Stopped,
+                ContainerStatus::UNKNOWN => record.status,
+            },
+            Err(_) => record.status,
+        }
+    }
+
+    /// Every container with its live status.
+    pub fn list(&self) -> Result<Vec<(Record, Status)>, Error> {
+        let mut out = Vec::new();
+        for id in self.root.ids()? {
+            if let Ok(record) = self.root.load(&id) {
+                let status = self.live_status(&record);
+                out.push((record, status));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `kill`: a signal to the init (or every process with `all`).
+    pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<(), Error> {
+        let record = self.root.load(id)?;
+        let client = self.connect(&record)?;
+        client.signal_process(id, "", signal as i32, all)?;
+        Ok(())
+    }
+
+    /// `ps`: the processes of the container, as the guest sees them.
+    pub fn ps(&self, id: &str) -> Result<Vec<ProcessInfo>, Error> {
+        let record = self.root.load(id)?;
+        let client = self.connect(&record)?;
+        Ok(client.list_processes(id)?)
+    }
+
+    /// `delete`: stops the VM (a running container only with `force`) and removes the state,
+    /// sockets and the image if no other container uses it. Works from the record alone, so
+    /// also after the command that created the container was killed.
+    pub fn delete(&self, id: &str, force: bool) -> Result<(), Error> {
+        let record = self.root.load(id)?;
+        let status = self.live_status(&record);
+        if !force && matches!(status, Status::Running | Status::Creating) {
+            return Err(Error::Container {
+                id: id.to_string(),
+                reason: format!(
+                    "cannot delete a {} container: stop it first or use --force",
+                    status.as_str()
+                ),
+            });
+        }
+        if record.pid != 0 {
+            let mut vmm = Vmm::adopt(record.pid, record.vmm_start_time);
+            if vmm.alive() {
+                let client = AgentClient::connect(&endpoint(&record), CONNECT_TIMEOUT).ok();
+                vmm.stop(client.as_ref(), vm::SHUTDOWN_GRACE);
+            }
+        }
+        self.forget(&record);
+        Ok(())
+    }
+
+    fn connect(&self, record: &Record) -> Result<AgentClient, Error> {
+        if record.pid == 0 || !vm::alive(record.pid, record.vmm_start_time) {
+            return Err(Error::Container {
+                id: record.id.clone(),
+                reason: "its microVM is not running".into(),
+            });
+        }
+        Ok(AgentClient::connect(&endpoint(record), CONNECT_TIMEOUT)?)
+    }
+}
+
+/// Writes `pid` (the VMM's) to a `--pid-file`.
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<(), Error> {
+    fs::write(path, pid.to_string()).map_err(|source| Error::Io {
+        what: format!("--pid-file {}", path.display()),
+        source,
+    })
+}
+
+fn endpoint(record: &Record) -> Endpoint {
+    Endpoint::HybridVsock {
+        socket: record.vsock.clone(),
+    }
+}
+
+fn stdin_fd() -> BorrowedFd<'static> {
+    // SAFETY: fd 0 stays open for the life of the process; we only borrow it.
+    unsafe { BorrowedFd::borrow_raw(0) }
+}
+
+fn stdout_fd() -> BorrowedFd<'static> {
+    // SAFETY: fd 1 stays open for the life of the process; we only borrow it.
+    unsafe { BorrowedFd::borrow_raw(1) }
+}
+
+/// Sends the current window size, then forwards signals: SIGWINCH as a resize (with a
+/// terminal), every other one to the process.
+fn forward_signals(
+    set: nix::sys::signal::SigSet,
+    client: &AgentClient,
+    id: &str,
+    exec_id: &str,
+    terminal: bool,
+) {
+    let resize = {
+        let (client, id, exec_id) = (client.clone(), id.to_string(), exec_id.to_string());
+        move || {
+            if let Some((rows, cols)) = window_size(stdout_fd()).or(window_size(stdin_fd())) {
+                let _ = client.resize_tty(&id, &exec_id, rows, cols);
+            }
+        }
+    };
+    if terminal {
+        resize();
+    }
+    let (client, id, exec_id) = (client.clone(), id.to_string(), exec_id.to_string());
+    signals::spawn_forwarder(set, move |sig| {
+        if sig == Signal::SIGWINCH {
+            if terminal {
+                resize();
+            }
+        } else if let Err(e) = client.signal_process(&id, &exec_id, sig as i32, false) {
+            tracing::debug!("forwarding {sig}: {e}");
+        }
+    });
+}

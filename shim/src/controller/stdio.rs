@@ -1,0 +1,134 @@
+//! Forwarding a process's stdio between this host's fds 0-2 and the agent's stream port:
+//! one thread per direction, output threads joined so the last byte precedes the exit code.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::thread::JoinHandle;
+
+use crate::agent_client::{AgentClient, StdioStream, StreamKind};
+
+use super::Error;
+
+/// Bytes moved per read.
+const CHUNK: usize = 128 * 1024;
+
+/// The output pumps of an attached process.
+pub struct Attached {
+    outputs: Vec<JoinHandle<()>>,
+}
+
+impl Attached {
+    /// Waits until every output stream reached EOF (or its host side failed).
+    pub fn finish(self) {
+        for t in self.outputs {
+            let _ = t.join();
+        }
+    }
+}
+
+fn dup(fd: std::os::fd::BorrowedFd<'_>, what: &str) -> Result<File, Error> {
+    fd.try_clone_to_owned()
+        .map(File::from)
+        .map_err(|source| Error::Io {
+            what: format!("duplicating {what}"),
+            source,
+        })
+}
+
+fn host_fd(n: i32) -> Result<File, Error> {
+    // SAFETY: fds 0-2 of this process stay open for its lifetime; we only borrow them to dup.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n) };
+    dup(fd, &format!("fd {n}"))
+}
+
+/// Opens the streams announced for (container, exec) and starts pumping: our stdin into the
+/// process (EOF passed on), its stdout/stderr (or tty) to our fds 1/2.
+pub fn attach(
+    client: &AgentClient,
+    container_id: &str,
+    exec_id: &str,
+    terminal: bool,
+) -> Result<Attached, Error> {
+    let open = |kind| client.open_stream(container_id, exec_id, kind);
+    let mut outputs = Vec::new();
+    if terminal {
+        let tty = open(StreamKind::Tty)?;
+        let input = tty.try_clone().map_err(|source| Error::Io {
+            what: "cloning the tty stream".into(),
+            source,
+        })?;
+        spawn_input(host_fd(0)?, input);
+        outputs.push(spawn_output(tty, host_fd(1)?));
+    } else {
+        let stdin = open(StreamKind::Stdin)?;
+        let stdout = open(StreamKind::Stdout)?;
+        let stderr = open(StreamKind::Stderr)?;
+        spawn_input(host_fd(0)?, stdin);
+        outputs.push(spawn_output(stdout, host_fd(1)?));
+        outputs.push(spawn_output(stderr, host_fd(2)?));
+    }
+    Ok(Attached { outputs })
+}
+
+/// Host input into a stream until EOF, then a half-close. Detached: it may block on our
+/// stdin after the process has ended.
+fn spawn_input(mut from: File, mut to: StdioStream) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        let _ = to.close_write();
+    });
+}
+
+/// A stream's output to a host fd until EOF; a failing host side drops the stream, so the
+/// process sees a broken pipe instead of blocking.
+fn spawn_output(mut from: StdioStream, to: File) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let _ = pump(&mut from, to);
+    })
+}
+
+fn pump(from: &mut impl Read, mut to: File) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pump_copies_everything_in_order() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let out = tempfile::tempfile().unwrap();
+        let mut reader = out.try_clone().unwrap();
+        let n = pump(&mut &data[..], out).unwrap();
+        assert_eq!(n, data.len() as u64);
+        use std::io::Seek;
+        reader.rewind().unwrap();
+        let mut back = Vec::new();
+        reader.read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+    }
+}

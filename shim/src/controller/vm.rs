@@ -1,0 +1,320 @@
+//! The microVM of one container: `/dev/kvm` checks, spawning `sandbox-vmm` (rootfs image as a
+//! read-only virtio-blk, hybrid vsock, serial to a log), waiting for the agent, and stopping.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::agent_client::{self, AgentClient, Endpoint};
+
+use super::config::Config;
+
+/// The KVM device.
+pub const KVM_DEVICE: &str = "/dev/kvm";
+/// Guest CID (docs/CONVENTIONS.md).
+pub const GUEST_CID: u32 = 3;
+/// Deadline of each ordinary agent call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time the guest gets to power off after Shutdown before the VMM is killed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Lines of the serial log quoted when the VM fails.
+const LOG_TAIL_LINES: usize = 20;
+
+/// Errors starting, reaching or stopping the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{KVM_DEVICE}: {source} (a KVM host is needed to run microVMs)")]
+    KvmOpen { source: io::Error },
+    #[error("{KVM_DEVICE} has no hardware virtualisation (no vmx/svm in /proc/cpuinfo): it cannot boot the Linux guest; run on a KVM host or in the lab (cargo xtask lab)")]
+    KvmNoHardware,
+    #[error("cannot start {vmm}: {source}")]
+    Spawn { vmm: PathBuf, source: io::Error },
+    #[error("{what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("sandbox-vmm (pid {pid}) exited ({status}) before the agent was ready; {log_name} ends with:\n{tail}")]
+    EarlyExit {
+        pid: i32,
+        status: String,
+        log_name: String,
+        tail: String,
+    },
+    #[error("the agent did not answer within {} s (is {KVM_DEVICE} usable?): {source}; {log_name} ends with:\n{tail}", .waited.as_secs())]
+    AgentTimeout {
+        waited: Duration,
+        source: Box<agent_client::Error>,
+        log_name: String,
+        tail: String,
+    },
+}
+
+/// Fails early and clearly when this host cannot run our guest.
+pub fn check_kvm() -> Result<(), Error> {
+    File::options()
+        .read(true)
+        .write(true)
+        .open(KVM_DEVICE)
+        .map_err(|source| Error::KvmOpen { source })?;
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hardware = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if hardware || std::env::var_os("SANDBOX_SKIP_KVM_CHECK").is_some() {
+        Ok(())
+    } else {
+        Err(Error::KvmNoHardware)
+    }
+}
+
+/// A running VMM process.
+#[derive(Debug)]
+pub struct Vmm {
+    pub pid: i32,
+    pub start_time: u64,
+    /// Present when this process spawned it (then we reap it).
+    child: Option<Child>,
+}
+
+/// Files of one VM inside its container directory.
+#[derive(Debug, Clone)]
+pub struct VmPaths {
+    pub vsock: PathBuf,
+    pub console_log: PathBuf,
+    pub vmm_log: PathBuf,
+}
+
+impl VmPaths {
+    pub fn new(dir: &Path) -> VmPaths {
+        VmPaths {
+            vsock: dir.join("vsock.sock"),
+            console_log: dir.join("console.log"),
+            vmm_log: dir.join("vmm.log"),
+        }
+    }
+}
+
+impl Vmm {
+    /// Starts `sandbox-vmm` in its own process group (terminal signals stay with us).
+    pub fn spawn(cfg: &Config, paths: &VmPaths, image: &Path) -> Result<Vmm, Error> {
+        let log = File::create(&paths.vmm_log).map_err(|source| Error::File {
+            what: "VMM log",
+            path: paths.vmm_log.clone(),
+            source,
+        })?;
+        let mut cmd = Command::new(&cfg.vmm);
+        cmd.arg("--kernel")
+            .arg(&cfg.kernel)
+            .arg("--initrd")
+            .arg(&cfg.initrd)
+            .args(["--vcpus", &cfg.vcpus.to_string()])
+            .args(["--memory", &cfg.memory_mib.to_string()])
+            .arg("--serial")
+            .arg(&paths.console_log)
+            .arg("--block")
+            .arg(format!("{},ro", image.display()))
+            .arg("--vsock")
+            .arg(format!("{GUEST_CID},{}", paths.vsock.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0);
+        if cfg.debug {
+            cmd.arg("--debug");
+        }
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            vmm: cfg.vmm.clone(),
+            source,
+        })?;
+        let pid = child.id() as i32;
+        Ok(Vmm {
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+            child: Some(child),
+        })
+    }
+
+    /// A VMM started by an earlier command (not our child).
+    pub fn adopt(pid: i32, start_time: u64) -> Vmm {
+        Vmm {
+            pid,
+            start_time,
+            child: None,
+        }
+    }
+
+    /// Whether the process is still this VMM (not exited, not a reused pid).
+    pub fn alive(&mut self) -> bool {
+        if let Some(child) = &mut self.child {
+            return matches!(child.try_wait(), Ok(None));
+        }
+        alive(self.pid, self.start_time)
+    }
+
+    fn exit_status(&mut self) -> String {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(s))) => s.to_string(),
+            _ => "exited".into(),
+        }
+    }
+
+    /// Connects to the agent, retrying while the guest boots; reports an early VMM exit or
+    /// the deadline with the end of the serial log.
+    pub fn wait_for_agent(
+        &mut self,
+        paths: &VmPaths,
+        timeout: Duration,
+    ) -> Result<AgentClient, Error> {
+        let endpoint = Endpoint::HybridVsock {
+            socket: paths.vsock.clone(),
+        };
+        let begin = Instant::now();
+        loop {
+            let attempt =
+                AgentClient::wait_for_agent(&endpoint, Duration::from_millis(200), CALL_TIMEOUT);
+            match attempt {
+                Ok(client) => return Ok(client),
+                Err(_) if !self.alive() => {
+                    return Err(Error::EarlyExit {
+                        pid: self.pid,
+                        status: self.exit_status(),
+                        log_name: paths.console_log.display().to_string(),
+                        tail: tail_of(&paths.console_log, &paths.vmm_log),
+                    })
+                }
+                Err(e) if begin.elapsed() >= timeout => {
+                    return Err(Error::AgentTimeout {
+                        waited: begin.elapsed(),
+                        source: Box::new(e),
+                        log_name: paths.console_log.display().to_string(),
+                        tail: tail_of(&paths.console_log, &paths.vmm_log),
+                    })
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Asks the guest to power off (if a client is given), waits `grace`, then kills the VMM.
+    pub fn stop(&mut self, client: Option<&AgentClient>, grace: Duration) {
+        if let Some(c) = client {
+            if self.alive() {
+                let _ = c.shutdown();
+            }
+        }
+        let begin = Instant::now();
+        while self.alive() && begin.elapsed() < grace {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.alive() {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+        match &mut self.child {
+            Some(child) => {
+                let _ = child.wait();
+            }
+            None => {
+                // Not our child: its parent (or init) reaps it; wait until it is gone.
+                let begin = Instant::now();
+                while alive(self.pid, self.start_time) && begin.elapsed() < grace {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    /// Lets the VMM outlive this process (it is reparented and reaped by init).
+    pub fn detach(mut self) {
+        self.child = None;
+    }
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    // Fields from 3 (state) on; start time is field 22.
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` runs and is the process that started at `start` (0: not checked).
+pub fn alive(pid: i32, start: u64) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return false;
+    };
+    let mut fields = after.split_whitespace();
+    if matches!(fields.next(), Some("Z") | Some("X")) {
+        return false;
+    }
+    start == 0 || fields.nth(18).and_then(|s| s.parse().ok()) == Some(start)
+}
+
+/// The last lines of the serial log (or of the VMM's stderr when the console is empty).
+fn tail_of(console: &Path, vmm_log: &Path) -> String {
+    let mut out = String::new();
+    for path in [console, vmm_log] {
+        let text = fs::read(path).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+        if !tail.trim().is_empty() {
+            if !out.is_empty() {
+                out.push_str("\n-- ");
+                out.push_str(&path.display().to_string());
+                out.push_str(":\n");
+            }
+            out.push_str(&tail);
+        }
+    }
+    if out.is_empty() {
+        "(empty)".into()
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_identifies_this_process() {
+        let me = std::process::id() as i32;
+        let t = start_time(me).unwrap();
+        assert!(alive(me, t));
+        assert!(alive(me, 0));
+        assert!(!alive(me, t + 1));
+        assert!(!alive(i32::MAX, 0));
+    }
+
+    #[test]
+    fn early_exit_is_reported_with_the_log_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = VmPaths::new(dir.path());
+        fs::write(&paths.console_log, "line1\nKernel panic - not syncing\n").unwrap();
+        let child = Command::new("true").spawn().unwrap();
+        let mut vmm = Vmm {
+            pid: child.id() as i32,
+            start_time: 0,
+            child: Some(child),
+        };
+        let Err(err) = vmm.wait_for_agent(&paths, Duration::from_secs(60)) else {
+            panic!("a VMM that exited cannot have an agent");
+        };
+        let msg = err.to_string();
+        assert!(matches!(err, Error::EarlyExit { .. }), "{msg}");
+        assert!(msg.contains("Kernel panic"), "{msg}");
+    }
+}
