@@ -2,7 +2,7 @@
 //! guest memory, load the kernel, devices, system tables, vCPUs, then run the event loop.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -11,14 +11,15 @@ use linux_loader::loader::{load_cmdline, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MMIO_GAP_START};
+use crate::arch::mptable::{self, MptableError};
 use crate::arch::pvh::{configure_pvh, InitrdRegion, PvhError};
-use crate::arch::{mptable, regs};
+use crate::arch::regs::{self, RegsError};
 use crate::config::{SerialOutput, VmConfig};
 use crate::device_manager::legacy::{LegacyDeviceError, PortIoDeviceManager};
-use crate::device_manager::mmio::MmioDeviceManager;
+use crate::device_manager::mmio::{MmioDeviceManager, MmioError};
 use crate::devices::legacy::SerialInput;
-use crate::devices::virtio::block::Block;
-use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::Bus;
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::vstate::memory::{create_guest_memory, GuestMemoryMmap, MemoryError};
@@ -33,28 +34,67 @@ pub enum BuildError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
-    #[error("--kernel {path}: {reason}")]
-    Kernel { path: String, reason: String },
-    #[error("--kernel {0}: no PVH entry point (ELF note XEN_ELFNOTE_PHYS32_ENTRY); build the kernel with CONFIG_PVH=y")]
-    NoPvhEntry(String),
-    #[error("--initrd {path}: {reason}")]
-    Initrd { path: String, reason: String },
+    #[error("--kernel {}: {source}", path.display())]
+    KernelOpen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--kernel {}: {source}", path.display())]
+    KernelLoad {
+        path: PathBuf,
+        source: linux_loader::loader::Error,
+    },
+    #[error("--kernel {}: no PVH entry point (ELF note XEN_ELFNOTE_PHYS32_ENTRY); build the kernel with CONFIG_PVH=y", .0.display())]
+    NoPvhEntry(PathBuf),
+    #[error("--initrd {}: {source}", path.display())]
+    InitrdOpen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--initrd {}: {size} bytes do not fit in guest memory above the kernel (ends at {kernel_end:#x}); raise --memory", path.display())]
+    InitrdTooLarge {
+        path: PathBuf,
+        size: u64,
+        kernel_end: u64,
+    },
+    #[error("--initrd {}: cannot copy it into guest memory: {source}", path.display())]
+    InitrdLoad {
+        path: PathBuf,
+        source: vm_memory::GuestMemoryError,
+    },
     #[error("--cmdline: {0}")]
-    Cmdline(String),
+    Cmdline(linux_loader::cmdline::Error),
+    #[error("--cmdline: cannot append {entry:?}: {source}")]
+    CmdlineEntry {
+        entry: String,
+        source: linux_loader::cmdline::Error,
+    },
+    #[error("--cmdline: cannot write it to guest memory: {0}")]
+    LoadCmdline(linux_loader::loader::Error),
     #[error(transparent)]
     Legacy(#[from] LegacyDeviceError),
-    #[error("cannot write the boot structures: {0}")]
-    BootStructures(String),
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    #[error(transparent)]
+    Regs(#[from] RegsError),
     #[error(transparent)]
     Pvh(#[from] PvhError),
+    #[error("--block {}: {source}", path.display())]
+    Block { path: PathBuf, source: BlockError },
+    #[error("--vsock {}: {source}", path.display())]
+    Vsock { path: PathBuf, source: VsockError },
+    #[error("{flag} {}: {source}", path.display())]
+    MmioPlacement {
+        flag: &'static str,
+        path: PathBuf,
+        source: MmioError,
+    },
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
     #[error("cannot create the exit eventfd: {0}")]
     ExitEvent(std::io::Error),
-    #[error("{0}")]
-    Virtio(String),
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
 }
@@ -103,19 +143,23 @@ pub fn create_memory(vm: &Vm, mib: u64) -> Result<GuestMemoryMmap, BuildError> {
 
 /// Step 3: the ELF vmlinux at its physical addresses; returns its PVH entry point.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelEntry, BuildError> {
-    let err = |reason: String| BuildError::Kernel {
-        path: path.display().to_string(),
-        reason,
-    };
-    let mut file = File::open(path).map_err(|e| err(e.to_string()))?;
-    let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
-        .map_err(|e| err(e.to_string()))?;
+    let mut file = File::open(path).map_err(|source| BuildError::KernelOpen {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let loaded =
+        Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
+            BuildError::KernelLoad {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     match loaded.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(entry) => Ok(KernelEntry {
             entry,
             end: loaded.kernel_end,
         }),
-        _ => Err(BuildError::NoPvhEntry(path.display().to_string())),
+        _ => Err(BuildError::NoPvhEntry(path.to_path_buf())),
     }
 }
 
@@ -125,12 +169,12 @@ pub fn load_initrd(
     path: &Path,
     kernel_end: u64,
 ) -> Result<InitrdRegion, BuildError> {
-    let err = |reason: String| BuildError::Initrd {
-        path: path.display().to_string(),
-        reason,
+    let open_err = |source| BuildError::InitrdOpen {
+        path: path.to_path_buf(),
+        source,
     };
-    let mut file = File::open(path).map_err(|e| err(e.to_string()))?;
-    let size = file.metadata().map_err(|e| err(e.to_string()))?.len();
+    let mut file = File::open(path).map_err(open_err)?;
+    let size = file.metadata().map_err(open_err)?.len();
     let low_end = mem
         .iter()
         .map(|r| r.last_addr().raw_value() + 1)
@@ -141,13 +185,16 @@ pub fn load_initrd(
         .checked_sub(size)
         .map(|a| a & !0xfff)
         .filter(|&a| a >= kernel_end)
-        .ok_or_else(|| {
-            err(format!(
-                "{size} bytes do not fit in guest memory above the kernel (ends at {kernel_end:#x}); raise --memory"
-            ))
+        .ok_or_else(|| BuildError::InitrdTooLarge {
+            path: path.to_path_buf(),
+            size,
+            kernel_end,
         })?;
     mem.read_exact_volatile_from(GuestAddress(address), &mut file, size as usize)
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|source| BuildError::InitrdLoad {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(InitrdRegion {
         address: GuestAddress(address),
         size,
@@ -156,17 +203,17 @@ pub fn load_initrd(
 
 /// The kernel command line: the configured one plus device entries.
 pub fn build_cmdline(base: &str, extra: &[String]) -> Result<Cmdline, BuildError> {
-    let mut cmdline =
-        Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
     if !base.is_empty() {
-        cmdline
-            .insert_str(base)
-            .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+        cmdline.insert_str(base).map_err(BuildError::Cmdline)?;
     }
     for entry in extra {
         cmdline
             .insert_str(entry)
-            .map_err(|e| BuildError::Cmdline(format!("cannot add {entry:?}: {e}")))?;
+            .map_err(|source| BuildError::CmdlineEntry {
+                entry: entry.clone(),
+                source,
+            })?;
     }
     Ok(cmdline)
 }
@@ -178,11 +225,10 @@ pub fn configure_system(
     initrd: Option<InitrdRegion>,
     num_cpus: u8,
 ) -> Result<(), BuildError> {
-    load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
-        .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline).map_err(BuildError::LoadCmdline)?;
     configure_pvh(mem, initrd)?;
-    mptable::setup_mptable(mem, num_cpus).map_err(|e| BuildError::BootStructures(e.to_string()))?;
-    regs::write_gdt_and_idt(mem).map_err(|e| BuildError::BootStructures(e.to_string()))
+    mptable::setup_mptable(mem, num_cpus)?;
+    Ok(regs::write_gdt_and_idt(mem)?)
 }
 
 /// Step 6: creates and configures every vCPU.
@@ -243,8 +289,10 @@ pub fn attach_virtio_devices(
     let mut manager = MmioDeviceManager::new();
     let mut blocks = Vec::new();
     for b in &config.blocks {
-        let block = Block::new(&b.path, b.read_only)
-            .map_err(|e| BuildError::Virtio(format!("--block {}: {e}", b.path.display())))?;
+        let block = Block::new(&b.path, b.read_only).map_err(|source| BuildError::Block {
+            path: b.path.clone(),
+            source,
+        })?;
         let block = Arc::new(Mutex::new(block));
         manager
             .register_virtio(
@@ -254,12 +302,19 @@ pub fn attach_virtio_devices(
                 event_loop.manager_mut(),
                 block.clone(),
             )
-            .map_err(|e| BuildError::Virtio(format!("--block {}: {e}", b.path.display())))?;
+            .map_err(|source| BuildError::MmioPlacement {
+                flag: "--block",
+                path: b.path.clone(),
+                source,
+            })?;
         blocks.push(block);
     }
     if let Some(v) = &config.vsock {
-        let vsock = Vsock::new(u64::from(v.cid), &v.uds_path)
-            .map_err(|e| BuildError::Virtio(format!("--vsock {}: {e}", v.uds_path.display())))?;
+        let vsock =
+            Vsock::new(u64::from(v.cid), &v.uds_path).map_err(|source| BuildError::Vsock {
+                path: v.uds_path.clone(),
+                source,
+            })?;
         manager
             .register_virtio(
                 vm.fd(),
@@ -268,7 +323,11 @@ pub fn attach_virtio_devices(
                 event_loop.manager_mut(),
                 Arc::new(Mutex::new(vsock)),
             )
-            .map_err(|e| BuildError::Virtio(format!("--vsock {}: {e}", v.uds_path.display())))?;
+            .map_err(|source| BuildError::MmioPlacement {
+                flag: "--vsock",
+                path: v.uds_path.clone(),
+                source,
+            })?;
     }
     Ok(VirtioDevices {
         cmdline: manager.cmdline_entries(),

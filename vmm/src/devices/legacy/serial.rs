@@ -27,6 +27,8 @@ impl Trigger for EventFdTrigger {
 /// The serial console of the guest.
 pub struct SerialDevice {
     serial: Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
+    /// Set after the first output error (e.g. a closed stdout), which is logged once.
+    output_failed: bool,
 }
 
 impl SerialDevice {
@@ -34,6 +36,7 @@ impl SerialDevice {
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
         Self {
             serial: Serial::new(EventFdTrigger(irq), out),
+            output_failed: false,
         }
     }
 
@@ -103,7 +106,10 @@ impl BusDevice for SerialDevice {
             return;
         }
         if let Err(e) = self.serial.write(offset as u8, data[0]) {
-            tracing::warn!(error = ?e, "serial: cannot write guest output");
+            if !self.output_failed {
+                self.output_failed = true;
+                tracing::warn!(error = ?e, "serial: cannot write guest output; dropping it");
+            }
         }
     }
 }
