@@ -48,7 +48,12 @@ fn state_pause_resume_and_flush_and_exit() {
     let g = GuestDir::new();
     let disk = g.path("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let (child, mut api) = start(&g, "dots", &["--block", disk.to_str().unwrap()]);
+    // Two vCPUs: the second, never started by the guest, must park as well.
+    let (child, mut api) = start(
+        &g,
+        "dots",
+        &["--block", disk.to_str().unwrap(), "--vcpus", "2"],
+    );
 
     assert_eq!(
         call(&mut api, r#"{"action": "state"}"#),
