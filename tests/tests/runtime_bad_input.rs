@@ -26,11 +26,8 @@ fn rejects_bundle(b: &Bundle, expected: &str) {
         stderr.contains(expected),
         "error does not name {expected:?}:\n{stderr}"
     );
-    let last = stderr.lines().last().unwrap_or_default();
-    assert!(
-        last.starts_with("sandbox: "),
-        "last line is not the error: {stderr}"
-    );
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    assert!(stderr.starts_with("sandbox: "), "{stderr}");
     assert!(!root.path().join(&id).exists(), "state entry left behind");
     for cg in ["/sys/fs/cgroup/unified/sandbox", "/sys/fs/cgroup/sandbox"] {
         assert!(

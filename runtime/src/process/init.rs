@@ -72,8 +72,10 @@ pub(crate) fn intermediate(args: InitArgs) -> ! {
             let code = match init(&args, &list) {
                 Ok(never) => match never {},
                 Err(e) => {
-                    let _ = args.chan.send(&Msg::Error(e.clone()));
-                    eprintln!("sandbox init: {e}");
+                    // The creator reports the error; print it only if nobody listens anymore.
+                    if args.chan.send(&Msg::Error(e.clone())).is_err() {
+                        eprintln!("sandbox init: {e}");
+                    }
                     1
                 }
             };
