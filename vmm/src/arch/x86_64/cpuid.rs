@@ -6,7 +6,9 @@ use kvm_bindings::CpuId;
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE: u32 = 0x4;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
+const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
 const LEAF_AMD_SIZE: u32 = 0x8000_0008;
+const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 
 /// CPUID.1:ECX bit 31, "running under a hypervisor".
 const ECX_HYPERVISOR: u32 = 1 << 31;
@@ -49,7 +51,7 @@ pub fn patch_cpuid(cpuid: &mut CpuId, id: u8, count: u8, tsc_deadline: bool) {
                 let sharing = if level >= 3 { count - 1 } else { 0 };
                 entry.eax = (entry.eax & 0x3fff) | ((count - 1) << 26) | (sharing << 14);
             }
-            LEAF_EXT_TOPOLOGY => {
+            LEAF_EXT_TOPOLOGY | LEAF_V2_EXT_TOPOLOGY => {
                 // Level 0: SMT (1 thread per core); level 1: cores; then invalid levels.
                 entry.edx = id;
                 match entry.index {
@@ -73,6 +75,12 @@ pub fn patch_cpuid(cpuid: &mut CpuId, id: u8, count: u8, tsc_deadline: bool) {
             LEAF_AMD_SIZE => {
                 // ECX[7:0]: cores per package - 1 (AMD); ECX[15:12]: APIC ID size.
                 entry.ecx = (entry.ecx & !0xf0ff) | (count - 1) | (id_bits(count) << 12);
+            }
+            LEAF_AMD_EXT_APIC_ID => {
+                // EAX: extended APIC ID; EBX: core ID, one thread per core; ECX: node 0.
+                entry.eax = id;
+                entry.ebx = (entry.ebx & !0xffff) | (id & 0xff);
+                entry.ecx = 0;
             }
             _ => {}
         }
@@ -101,6 +109,8 @@ mod tests {
             entry(LEAF_EXT_TOPOLOGY, 1),
             entry(LEAF_EXT_TOPOLOGY, 2),
             entry(0x4000_0000, 0),
+            entry(LEAF_AMD_EXT_APIC_ID, 0),
+            entry(LEAF_V2_EXT_TOPOLOGY, 1),
         ])
         .unwrap();
         patch_cpuid(&mut cpuid, 2, 3, true);
@@ -113,6 +123,8 @@ mod tests {
         assert_eq!((e[2].eax, e[2].ebx, e[2].ecx, e[2].edx), (2, 3, 0x201, 2));
         assert_eq!((e[3].eax, e[3].ebx, e[3].ecx), (0, 0, 2));
         assert_eq!(e[4].ebx, 0x800, "KVM signature leaves are untouched");
+        assert_eq!((e[5].eax, e[5].ebx & 0xffff), (2, 2));
+        assert_eq!((e[6].eax, e[6].ebx, e[6].edx), (2, 3, 2));
     }
 
     #[test]
