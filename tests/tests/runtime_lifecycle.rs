@@ -41,6 +41,7 @@ fn create_start_exec_ps_list_kill_delete() {
     let root = StateRoot::new("life");
     let r = root.path();
     let id = unique("life");
+    let _guard = ForceDelete(r.to_path_buf(), id.clone());
     let pid_file = b.path().join("pid");
     ok(sandbox(
         r,
@@ -146,6 +147,7 @@ fn delete_force_kills_a_running_container() {
     b.edit(|c| c["process"]["args"] = json!(["sleep", "1000"]));
     let root = StateRoot::new("force");
     let id = unique("force");
+    let _guard = ForceDelete(root.path().to_path_buf(), id.clone());
     ok(sandbox(
         root.path(),
         &["run", "-d", "-b", b.path().to_str().unwrap(), &id],
@@ -333,6 +335,7 @@ fn console_socket_receives_the_pty() {
     });
     let root = StateRoot::new("tty");
     let id = unique("tty");
+    let _guard = ForceDelete(root.path().to_path_buf(), id.clone());
     let sock = Path::new(BASE).join(format!("{id}.sock"));
     let listener = UnixListener::bind(&sock).unwrap();
     let waiter = std::thread::spawn(move || read_until(receive_pty(&listener), "end-of-init"));
@@ -403,4 +406,96 @@ fn no_vm_flag_is_accepted_after_the_subcommand() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("runc-level isolation"));
+}
+
+#[test]
+fn joins_namespaces_by_path() {
+    let a = Bundle::new("ns-a");
+    a.edit(|c| {
+        c["hostname"] = json!("shared-uts");
+        c["process"]["args"] = json!(["sleep", "1000"]);
+    });
+    let root = StateRoot::new("ns");
+    let id_a = unique("ns-a");
+    let _guard = ForceDelete(root.path().to_path_buf(), id_a.clone());
+    ok(sandbox(
+        root.path(),
+        &["run", "-d", "-b", a.path().to_str().unwrap(), &id_a],
+    ));
+    let pid = state(root.path(), &id_a)["pid"].as_i64().unwrap();
+
+    let b = Bundle::new("ns-b");
+    b.edit(|c| {
+        c.as_object_mut().unwrap().remove("hostname");
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        for n in ns.iter_mut() {
+            if n["type"] == "uts" || n["type"] == "network" || n["type"] == "ipc" {
+                n["path"] = json!(format!(
+                    "/proc/{pid}/ns/{}",
+                    if n["type"] == "network" {
+                        "net"
+                    } else {
+                        n["type"].as_str().unwrap()
+                    }
+                ));
+            }
+        }
+        c["process"]["args"] = json!([
+            "sh",
+            "-c",
+            "hostname; readlink /proc/self/ns/net; readlink /proc/self/ns/uts"
+        ]);
+    });
+    let out = ok(sandbox(
+        root.path(),
+        &["run", "-b", b.path().to_str().unwrap(), &unique("ns-b")],
+    ));
+    let net = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let uts = std::fs::read_link(format!("/proc/{pid}/ns/uts")).unwrap();
+    assert_eq!(
+        out,
+        format!("shared-uts\n{}\n{}\n", net.display(), uts.display())
+    );
+    ok(sandbox(root.path(), &["delete", "--force", &id_a]));
+}
+
+#[test]
+fn time_namespace_offsets() {
+    let b = Bundle::new("timens");
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "time"}));
+        c["linux"]["timeOffsets"] = json!({"boottime": {"secs": 864000}});
+        c["process"]["args"] = json!(["cut", "-d.", "-f1", "/proc/uptime"]);
+    });
+    let root = StateRoot::new("timens");
+    let out = ok(sandbox(
+        root.path(),
+        &["run", "-b", b.path().to_str().unwrap(), &unique("timens")],
+    ));
+    let inside: u64 = out.trim().parse().unwrap();
+    let host: u64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        inside >= host + 864000 - 5,
+        "uptime inside {inside}, host {host}"
+    );
+}
+
+/// Deletes a container with --force when dropped, so a failing test leaves nothing running.
+struct ForceDelete(std::path::PathBuf, String);
+
+impl Drop for ForceDelete {
+    fn drop(&mut self) {
+        if self.0.join(&self.1).exists() {
+            let _ = sandbox(&self.0, &["delete", "--force", &self.1]);
+        }
+    }
 }
