@@ -280,7 +280,7 @@ fn run_vm(argv: &[OsString], cwd: &Path, opts: &Options) -> Result<Output, Error
     }
 }
 
-/// Finds `LAB-STATUS <n>` (a complete line) in what `/init` wrote to ttyS3.
+/// Finds `LAB-STATUS <n>` (a complete line) in what `/init` wrote to the status port.
 fn parse_status(bytes: &[u8]) -> Option<i32> {
     let text = String::from_utf8_lossy(bytes);
     text.lines()

@@ -1,6 +1,7 @@
 #!/bin/busybox sh
 # /init of the lab host's initramfs: mount the host's root (read-only 9p + tmpfs overlay),
-# chroot into it, run the caller's script, report its status on ttyS3 and power off.
+# chroot into it, run the caller's script with its stdout/stderr on the virtio-serial ports
+# lab.stdout/lab.stderr, report its status on lab.status and power off.
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -17,15 +18,27 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
-ctl=/dev/ttyS3
+# The ports appear asynchronously, once the host has announced them.
+out= err= ctl=
+find_ports() {
+    for p in /sys/class/virtio-ports/*; do
+        [ -e "$p/name" ] || continue
+        case "$(cat "$p/name")" in
+            lab.stdout) out="${p##*/}" ;;
+            lab.stderr) err="${p##*/}" ;;
+            lab.status) ctl="${p##*/}" ;;
+        esac
+    done
+}
+devdir=/dev
 status() {
-    stty -F "$ctl" raw -echo 2>/dev/null
-    echo "LAB-STATUS $1" >"$ctl"
+    [ -n "$ctl" ] && echo "LAB-STATUS $1" >"$devdir/$ctl"
     poweroff -f
 }
 
 nine="trans=virtio,version=9p2000.L,msize=262144"
 mkdir -p /host /layer /newroot
+# The host's root does not change under the lab: cache it (exec from 9p is slow otherwise).
 mount -t 9p -o "$nine,ro,cache=loose" hostroot /host || status 250
 mount -t tmpfs -o mode=0755 tmpfs /layer
 mkdir -p /layer/upper /layer/work
@@ -41,7 +54,7 @@ mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mount -o move /dev /newroot/dev
-ctl=/newroot/dev/ttyS3
+devdir=/newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
@@ -50,8 +63,16 @@ if [ -n "$LAB_CWD" ]; then
     mount -t 9p -o "$nine" labcwd "/newroot$LAB_CWD" || status 253
 fi
 
-for t in 1 2 3; do stty -F /newroot/dev/ttyS$t raw -echo; done
-chroot /newroot /bin/sh "$dir/run.sh" </newroot/dev/null >/newroot/dev/ttyS1 2>/newroot/dev/ttyS2
+tries=0
+find_ports
+while [ ! -c "$devdir/$out" ] || [ ! -c "$devdir/$err" ] || [ ! -c "$devdir/$ctl" ]; do
+    tries=$((tries + 1))
+    [ "$tries" -gt 500 ] && { echo "lab: virtio-serial ports missing"; poweroff -f; }
+    sleep 0.02
+    find_ports
+done
+
+chroot /newroot /bin/sh "$dir/run.sh" <$devdir/null >"$devdir/$out" 2>"$devdir/$err"
 rc=$?
 sync
 status "$rc"

@@ -14,13 +14,21 @@ use super::kernel::{write_atomic, HostKernel};
 const INIT_SCRIPT: &str = include_str!("init.sh");
 
 /// The modules loaded at boot, with their dependencies resolved from `modules.dep`:
-/// nested SVM KVM, virtio-pci and 9p for the host's root, and overlayfs on top of it.
+/// nested SVM KVM, virtio-pci and 9p for the host's root, overlayfs on top of it, and
+/// virtio-console for the command's output.
 /// Anything else can be `modprobe`d by the command: the host's /lib/modules is visible.
-pub const MODULES: &[&str] = &["kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "overlay"];
+pub const MODULES: &[&str] = &[
+    "kvm_amd",
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "overlay",
+    "virtio_console",
+];
 
 /// busybox applets `/init` uses; each becomes a symlink in /bin.
 const APPLETS: &[&str] = &[
-    "sh", "mount", "insmod", "mkdir", "cat", "chroot", "stty", "echo", "sync", "poweroff",
+    "sh", "mount", "insmod", "mkdir", "cat", "chroot", "echo", "sync", "sleep", "poweroff",
 ];
 
 const BUSYBOX: &str = "/bin/busybox";
