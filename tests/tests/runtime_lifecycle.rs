@@ -499,3 +499,17 @@ impl Drop for ForceDelete {
         }
     }
 }
+
+#[test]
+fn run_in_the_foreground_proxies_a_terminal() {
+    let b = Bundle::new("fg-tty");
+    b.edit(|c| {
+        c["process"]["terminal"] = json!(true);
+        c["process"]["args"] = json!(["sh", "-c", "tty; echo done; exit 4"]);
+    });
+    let root = StateRoot::new("fg-tty");
+    let out = sandbox(root.path(), &["run", "-b", b.path().to_str().unwrap(), &unique("fg-tty")]);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/dev/pts/0\r\ndone\r\n");
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+}

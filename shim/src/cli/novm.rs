@@ -28,8 +28,16 @@ impl NoVm {
     }
 
     fn create_container(&self, a: &CreateArgs) -> Result<Container, CliError> {
+        self.create_with_console(a, a.console_socket.clone())
+    }
+
+    fn create_with_console(
+        &self,
+        a: &CreateArgs,
+        console_socket: Option<PathBuf>,
+    ) -> Result<Container, CliError> {
         let opts = CreateOptions {
-            console_socket: a.console_socket.clone(),
+            console_socket,
             default_cgroup_path: None,
             stdio: None,
         };
@@ -119,7 +127,18 @@ fn wait_child(pid: i32) -> Result<i32, CliError> {
 
 impl Backend for NoVm {
     fn run(&self, a: &RunArgs) -> Result<i32, CliError> {
-        let mut c = self.create_container(&a.create)?;
+        // Like runc: in the foreground, a terminal without --console-socket is proxied here.
+        let proxy =
+            if !a.detach && a.create.console_socket.is_none() && wants_terminal(&a.create.bundle) {
+                Some(console::Proxy::listen(&self.root, &a.create.id)?)
+            } else {
+                None
+            };
+        let socket = proxy
+            .as_ref()
+            .map(|p| p.path().to_path_buf())
+            .or_else(|| a.create.console_socket.clone());
+        let mut c = self.create_with_console(&a.create, socket)?;
         if let Err(e) = c.start() {
             let _ = c.delete(true);
             return Err(e.into());
@@ -127,8 +146,13 @@ impl Backend for NoVm {
         if a.detach {
             return Ok(0);
         }
+        let attached = match proxy {
+            Some(p) => Some(p.attach()?),
+            None => None,
+        };
         forward_signals(c.pid());
         let code = c.wait()?.unwrap_or(0);
+        drop(attached);
         c.delete(true)?;
         Ok(code)
     }
@@ -285,6 +309,155 @@ impl Backend for NoVm {
         });
         println!("{v}");
         Ok(())
+    }
+}
+
+/// Whether the bundle's config.json asks for a terminal (read before create to set up a proxy).
+fn wants_terminal(bundle: &Path) -> bool {
+    std::fs::read_to_string(bundle.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v["process"]["terminal"] == true)
+}
+
+/// A console socket served by `sandbox run` itself: receives the pty master and copies it to
+/// and from our stdio, with our terminal in raw mode meanwhile.
+mod console {
+    use std::io::{IoSliceMut, Read, Write};
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::net::UnixListener;
+    use std::path::{Path, PathBuf};
+    use std::thread::JoinHandle;
+
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
+
+    use super::CliError;
+
+    /// The listening socket, removed on drop.
+    pub struct Proxy {
+        path: PathBuf,
+        receiver: Option<JoinHandle<std::io::Result<OwnedFd>>>,
+    }
+
+    /// Copying threads plus our saved terminal settings, restored on drop.
+    pub struct Attached {
+        saved: Option<Termios>,
+        output: Option<JoinHandle<()>>,
+    }
+
+    fn receive(listener: UnixListener) -> std::io::Result<OwnedFd> {
+        let (conn, _) = listener.accept()?;
+        let mut buf = [0u8; 4096];
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )?;
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                // SAFETY: the descriptor was just received and nothing else owns it.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+            }
+        }
+        Err(std::io::Error::other(
+            "no pty master received on the console socket",
+        ))
+    }
+
+    impl Proxy {
+        /// Binds `<root>/<id>.console.sock` and waits for the pty master in a thread.
+        pub fn listen(root: &Path, id: &str) -> Result<Proxy, CliError> {
+            std::fs::create_dir_all(root).map_err(|source| CliError::File {
+                path: root.into(),
+                source,
+            })?;
+            let path = root.join(format!("{id}.console.sock"));
+            let _ = std::fs::remove_file(&path);
+            let listener = UnixListener::bind(&path).map_err(|source| CliError::File {
+                path: path.clone(),
+                source,
+            })?;
+            let receiver = std::thread::spawn(move || receive(listener));
+            Ok(Proxy {
+                path,
+                receiver: Some(receiver),
+            })
+        }
+
+        /// The socket path to give the runtime.
+        pub fn path(&self) -> &Path {
+            &self.path
+        }
+
+        /// Takes the pty master and starts copying stdin → pty → stdout.
+        pub fn attach(mut self) -> Result<Attached, CliError> {
+            let master = self
+                .receiver
+                .take()
+                .expect("attach is called once")
+                .join()
+                .map_err(|_| CliError::Usage("console proxy thread panicked".into()))?
+                .map_err(|source| CliError::File {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            let stdin = std::io::stdin();
+            let saved = tcgetattr(stdin.as_fd()).ok();
+            if let Some(t) = &saved {
+                let mut raw = t.clone();
+                cfmakeraw(&mut raw);
+                let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw);
+            }
+            let mut to_pty =
+                std::fs::File::from(master.try_clone().map_err(|source| CliError::File {
+                    path: self.path.clone(),
+                    source,
+                })?);
+            let mut from_pty = std::fs::File::from(master);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = std::io::stdin().read(&mut buf) {
+                    if n == 0 || to_pty.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+            let output = std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut out = std::io::stdout();
+                while let Ok(n) = from_pty.read(&mut buf) {
+                    if n == 0 || out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(Attached {
+                saved,
+                output: Some(output),
+            })
+        }
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    impl Drop for Attached {
+        fn drop(&mut self) {
+            // The copy ends when the last holder of the pty slave (the container) is gone.
+            if let Some(t) = self.output.take() {
+                let _ = t.join();
+            }
+            if let Some(t) = &self.saved {
+                let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, t);
+            }
+        }
     }
 }
 
