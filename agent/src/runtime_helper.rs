@@ -214,6 +214,7 @@ fn job_from_args(args: &[String]) -> Result<i32, (Kind, String)> {
                 .map_err(|e| (Kind::Invalid, format!("process_json: {e}")))?;
             let opts = runtime::ExecOptions {
                 console_socket: path_opt(console),
+                ..Default::default()
             };
             let mut container =
                 runtime::Container::load(id, Path::new(state_root)).map_err(fail)?;
