@@ -608,3 +608,65 @@ fn seccomp_kill_process() {
         Some("echo before\nmkdir /tmp/k\necho not-reached\n"),
     );
 }
+
+#[test]
+fn state_json_has_runc_shape() {
+    let b = Bundle::new("state");
+    b.edit(|c| {
+        c["process"]["args"] = json!(["sleep", "1000"]);
+        c["annotations"] = json!({"org.example": "1"});
+    });
+    let bundle = b.path().to_str().unwrap();
+    let (rr, sr) = (StateRoot::new("runc-state"), StateRoot::new("sb-state"));
+    let id = unique("state");
+    let created = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    // runc create keeps its stdio; give it files.
+    let log = b.path().join("runc.log");
+    let status = std::process::Command::new("runc")
+        .args([
+            "--root",
+            rr.path().to_str().unwrap(),
+            "create",
+            "-b",
+            bundle,
+            &id,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    created(sandbox(sr.path(), &["create", "-b", bundle, &id]));
+    let r: Value = serde_json::from_slice(&runc(rr.path(), &["state", &id]).stdout).unwrap();
+    let s: Value = serde_json::from_slice(&sandbox(sr.path(), &["state", &id]).stdout).unwrap();
+    runc(rr.path(), &["delete", "--force", &id]);
+    sandbox(sr.path(), &["delete", "--force", &id]);
+    let mut rkeys: Vec<&String> = r.as_object().unwrap().keys().collect();
+    let mut skeys: Vec<&String> = s.as_object().unwrap().keys().collect();
+    rkeys.sort();
+    skeys.sort();
+    assert_eq!(rkeys, skeys, "runc {r}\nsandbox {s}");
+    for k in [
+        "ociVersion",
+        "id",
+        "status",
+        "bundle",
+        "rootfs",
+        "owner",
+        "annotations",
+    ] {
+        assert_eq!(r[k], s[k], "{k}");
+    }
+    assert_eq!(s["status"], "created");
+}

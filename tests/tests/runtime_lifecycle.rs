@@ -508,8 +508,57 @@ fn run_in_the_foreground_proxies_a_terminal() {
         c["process"]["args"] = json!(["sh", "-c", "tty; echo done; exit 4"]);
     });
     let root = StateRoot::new("fg-tty");
-    let out = sandbox(root.path(), &["run", "-b", b.path().to_str().unwrap(), &unique("fg-tty")]);
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "/dev/pts/0\r\ndone\r\n");
+    let out = sandbox(
+        root.path(),
+        &["run", "-b", b.path().to_str().unwrap(), &unique("fg-tty")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/dev/pts/0\r\ndone\r\n"
+    );
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn run_forwards_signals_to_the_container() {
+    use std::io::BufRead;
+    let b = Bundle::new("sigfwd");
+    b.edit(|c| {
+        c["process"]["args"] = json!([
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.05; done"
+        ]);
+    });
+    let root = StateRoot::new("sigfwd");
+    let mut child = std::process::Command::new(sandbox_tests::bundle::sandbox_bin())
+        .args([
+            "--no-vm",
+            "--root",
+            root.path().to_str().unwrap(),
+            "run",
+            "-b",
+            b.path().to_str().unwrap(),
+            &unique("sigfwd"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "got-term");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
 }

@@ -71,8 +71,9 @@ pub fn parse_signal(s: &str) -> Result<Signal, CliError> {
     Signal::from_str(&name).map_err(|_| bad())
 }
 
-/// runc's view of the state (without the runtime's bookkeeping fields).
-fn state_json(s: &State) -> serde_json::Value {
+/// runc's view of the state (without the runtime's bookkeeping fields). Like runc, `state`
+/// leaves `owner` empty and `list` fills it in.
+fn state_json(s: &State, with_owner: bool) -> serde_json::Value {
     let mut v = serde_json::json!({
         "ociVersion": s.oci_version,
         "id": s.id,
@@ -81,7 +82,7 @@ fn state_json(s: &State) -> serde_json::Value {
         "bundle": s.bundle,
         "rootfs": s.rootfs,
         "created": s.created,
-        "owner": s.owner,
+        "owner": if with_owner { s.owner.as_str() } else { "" },
     });
     if !s.annotations.is_empty() {
         v["annotations"] = serde_json::json!(s.annotations);
@@ -169,7 +170,7 @@ impl Backend for NoVm {
         let s = self.load(id)?.state();
         println!(
             "{}",
-            serde_json::to_string_pretty(&state_json(&s)).expect("serialises")
+            serde_json::to_string_pretty(&state_json(&s, false)).expect("serialises")
         );
         Ok(())
     }
@@ -263,7 +264,7 @@ impl Backend for NoVm {
                 println!("{}", s.id);
             }
         } else if a.format == "json" {
-            let v: Vec<_> = states.iter().map(state_json).collect();
+            let v: Vec<_> = states.iter().map(|s| state_json(s, true)).collect();
             println!("{}", serde_json::to_string(&v).expect("serialises"));
         } else {
             println!(
