@@ -77,7 +77,9 @@ pub fn base_spec() -> Value {
 pub const PROBE: &str = r#"#!/bin/sh
 echo "== ids"; id -u; id -g; grep '^Groups:' /proc/$$/status
 echo "== idmaps"; cat /proc/self/uid_map /proc/self/gid_map | tr -s ' '
-echo "== status"; grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/$$/status
+echo "== status"; grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|SigBlk):' /proc/$$/status
+# Signals 32 and 33 belong to the C library; their disposition comes from the environment.
+ign=$(sed -n 's/^SigIgn:\t//p' /proc/$$/status); printf 'SigIgn (without 32, 33): %016x\n' $((0x$ign & ~0x180000000))
 echo "== uts"; hostname; cat /proc/sys/kernel/domainname
 echo "== limits"; cat /proc/$$/limits
 echo "== pid"; if [ $$ = 1 ]; then echo init; else echo not-init; fi

@@ -131,6 +131,7 @@ pub(crate) fn finish(
     if let (true, Some((prog, flags))) = (nnp, &prepared.seccomp) {
         seccomp::install(prog, flags).map_err(|e| e.to_string())?;
     }
+    reset_signals();
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only marks descriptors; none are freed.
     unsafe {
         libc::syscall(
@@ -142,6 +143,20 @@ pub(crate) fn finish(
     };
     let err = nix::unistd::execve(&prepared.path, &prepared.argv, &prepared.envp).unwrap_err();
     Err(format!("process.args[0]: exec {:?}: {err}", prepared.path))
+}
+
+/// Gives the user process default signal dispositions and an empty mask: ignored signals
+/// survive execve, and the caller (a Rust program ignores SIGPIPE) may have ignored or blocked some.
+fn reset_signals() {
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: setting SIG_DFL installs no handler; signals the C library reserves fail
+        // with EINVAL and are left alone.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
 }
 
 /// Makes `fds` the calling process's stdin, stdout and stderr.
