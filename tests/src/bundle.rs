@@ -77,7 +77,7 @@ pub fn base_spec() -> Value {
 pub const PROBE: &str = r#"#!/bin/sh
 echo "== ids"; id -u; id -g; grep '^Groups:' /proc/$$/status
 echo "== idmaps"; cat /proc/self/uid_map /proc/self/gid_map | tr -s ' '
-echo "== status"; grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|SigBlk):' /proc/$$/status
+echo "== status"; grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|Seccomp_filters|SigBlk):' /proc/$$/status
 # Signals 32 and 33 belong to the C library; their disposition comes from the environment.
 ign=$(sed -n 's/^SigIgn:\t//p' /proc/$$/status); printf 'SigIgn (without 32, 33): %016x\n' $((0x$ign & ~0x180000000))
 echo "== uts"; hostname; cat /proc/sys/kernel/domainname
@@ -97,6 +97,7 @@ echo "== umask"; umask
 echo "== rootfs"; if touch /.probe-write 2>/dev/null; then echo writable; rm -f /.probe-write; else echo read-only; fi
 echo "== dev"; for d in /dev/*; do echo "$d $(stat -c '%F %a %u %g %t:%T' $d)"; done
 echo "== oom"; cat /proc/$$/oom_score_adj
+echo "== fds"; ls /proc/self/fd
 if [ -f /probe-extra.sh ]; then echo "== extra"; . /probe-extra.sh 2>&1; fi
 exit 0
 "#;
