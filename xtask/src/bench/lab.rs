@@ -219,7 +219,7 @@ pub fn inside(a: &InsideArgs, plan: Plan) -> Result<()> {
     step("run-true");
     partial
         .results
-        .push(run_true::run(&sandbox, plan.rounds, &bar));
+        .push(run_true::run(&sandbox, &guest, plan.rounds, &bar));
     save(&partial)?;
     bar.finish();
     if let Some(r) = reporter {

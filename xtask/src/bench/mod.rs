@@ -129,9 +129,8 @@ pub fn run(args: Args) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| artifacts::workspace_root().join("target").join("bench"));
-    build_binaries()?;
-    let release = artifacts::target_dir().join("release");
-    let (vmm, sandbox) = (release.join("sandbox-vmm"), release.join("sandbox"));
+    let vmm = build("vmm", "sandbox-vmm")?;
+    let sandbox = build("shim", "sandbox")?;
 
     let bar = ProgressBar::new((plan.rounds * 2) as u64);
     bar.set_style(
@@ -179,19 +178,30 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// `cargo build --release` of the VMM and the `sandbox` CLI, with the cargo that runs us.
-fn build_binaries() -> Result<()> {
+/// `cargo build --release -p PACKAGE --bin BIN` with the cargo that runs us. When the build
+/// fails (others may be mid-edit in a shared checkout) an existing binary is used, with a warning.
+fn build(package: &str, bin: &str) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let path = artifacts::target_dir().join("release").join(bin);
     let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "vmm", "-p", "shim"])
-        .args(["--bin", "sandbox-vmm", "--bin", "sandbox"])
+        .args(["build", "--release", "-p", package, "--bin", bin])
         .current_dir(artifacts::workspace_root())
         .status()
         .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build --release of sandbox-vmm and sandbox failed ({status})");
+    if status.success() {
+        return Ok(path);
     }
-    Ok(())
+    if path.exists() {
+        eprintln!(
+            "warning: cargo build --release -p {package} failed ({status}); using the existing {}",
+            path.display()
+        );
+        return Ok(path);
+    }
+    bail!(
+        "cargo build --release -p {package} --bin {bin} failed ({status}) and there is no {}",
+        path.display()
+    )
 }
 
 /// `date -u`, RFC 3339.
