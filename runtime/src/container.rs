@@ -279,6 +279,20 @@ impl Container {
                 .as_ref()
                 .and_then(|l| l.resources().as_ref());
             cg.create(resources)?;
+            if let Some(rules) = resources
+                .and_then(|r| r.devices().as_deref())
+                .filter(|r| !r.is_empty())
+            {
+                let devices = self
+                    .spec
+                    .linux()
+                    .as_ref()
+                    .and_then(|l| l.devices().as_deref())
+                    .unwrap_or_default();
+                if !cg.apply_device_rules(rules, devices)? {
+                    tracing::warn!("linux.resources.devices: the kernel has no cgroup BPF; device rules are not enforced");
+                }
+            }
         }
         let console = match (
             &opts.console_socket,

@@ -24,7 +24,8 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// runc's default spec (`runc spec`) with `terminal: false` and a cgroup namespace.
+/// runc's default spec (`runc spec`) with `terminal: false`, a cgroup namespace and no
+/// cgroup mount (runc mounts v1 hierarchies there on a hybrid host).
 pub fn base_spec() -> Value {
     json!({
         "ociVersion": "1.0.2-dev",
@@ -59,6 +60,7 @@ pub fn base_spec() -> Value {
              "options": ["nosuid", "noexec", "nodev", "ro"]}
         ],
         "linux": {
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
             "namespaces": [
                 {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
                 {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}

@@ -670,3 +670,28 @@ fn state_json_has_runc_shape() {
     }
     assert_eq!(s["status"], "created");
 }
+
+#[test]
+fn device_cgroup_rules() {
+    variant(
+        "devcgroup",
+        |c| {
+            c["linux"]["resources"] = json!({"devices": [
+                {"allow": false, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 1, "minor": 11, "access": "r"}
+            ]});
+            c["linux"]["devices"] = json!([{"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 0o666}]);
+            let m = c["mounts"].as_array_mut().unwrap();
+            m.push(json!({"destination": "/dev/kmsg", "type": "bind", "source": "/dev/kmsg", "options": ["bind"]}));
+            m.push(json!({"destination": "/dev/fuse", "type": "bind", "source": "/dev/fuse", "options": ["bind"]}));
+        },
+        Some(concat!(
+            "head -c 1 /dev/zero | wc -c\n",
+            "echo x > /dev/null && echo null-ok\n",
+            "echo x > /dev/mynull && echo mynull-ok\n",
+            "exec 3</dev/kmsg && echo kmsg-read-ok; exec 3<&-\n",
+            "echo x > /dev/kmsg || echo kmsg-write-denied\n",
+            "exec 4</dev/fuse && echo fuse-open-ok || echo fuse-denied\n",
+        )),
+    );
+}

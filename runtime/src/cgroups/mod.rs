@@ -1,6 +1,7 @@
 //! cgroups v2 (linux.cgroupsPath, linux.resources): create the group, move the init into it,
 //! apply limits, freeze/thaw, kill, stats and OOM events. cgroup v1 is not supported.
 
+mod devices;
 mod resources;
 
 use std::collections::HashMap;
@@ -162,6 +163,16 @@ impl Cgroup {
             resources::apply(&self.path, r)?;
         }
         Ok(())
+    }
+
+    /// Enforces linux.resources.devices (plus the default devices and `linux.devices`) with an
+    /// eBPF program on this cgroup. Returns false when the kernel cannot (no cgroup BPF).
+    pub fn apply_device_rules(
+        &self,
+        rules: &[oci_spec::runtime::LinuxDeviceCgroup],
+        devices: &[oci_spec::runtime::LinuxDevice],
+    ) -> Result<bool> {
+        devices::apply(&self.path, &devices::rules(rules, devices))
     }
 
     /// Moves `pid` into this cgroup.
