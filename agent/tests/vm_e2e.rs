@@ -8,12 +8,25 @@
 //! SANDBOX_ROOTFS_IMAGE [built here from /usr/bin/busybox with mkfs.ext4 -d; without them the
 //! container part is skipped] — an ext4 image with a busybox root.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shim::agent_client::{AgentClient, Endpoint, ExitStatus, RootfsDevice, StdioSet, StreamKind};
+
+/// Output the bulk container writes by default: 100 MiB, as the end-to-end test asks;
+/// SANDBOX_E2E_BULK_BYTES overrides it.
+const BULK_BYTES: usize = 100 << 20;
+
+fn bulk_bytes() -> usize {
+    std::env::var("SANDBOX_E2E_BULK_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BULK_BYTES)
+}
 
 fn input(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
@@ -23,14 +36,41 @@ fn input(var: &str, default: &str) -> PathBuf {
     })
 }
 
+/// Longest the whole test may take before the VMM is killed, so a stalled stream fails the
+/// test (its reads end) instead of hanging the lab run. Not a performance limit.
+const WATCHDOG: Duration = Duration::from_secs(600);
+
 /// The VMM process; killed and reaped on drop if still running.
 struct Vm {
     child: Child,
+    done: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
+}
+
+impl Vm {
+    /// Kills the VMM after [`WATCHDOG`] unless the test has finished.
+    fn start_watchdog(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let done = self.done.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + WATCHDOG;
+            while std::time::Instant::now() < deadline {
+                if done.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if !done.load(Ordering::SeqCst) {
+                eprintln!("watchdog: killing sandbox-vmm after {WATCHDOG:?}");
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        });
+    }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -53,7 +93,13 @@ fn boot(dir: tempfile::TempDir, vsock: &Path, image: Option<&Path>) -> Vm {
         .stdin(Stdio::null())
         .spawn()
         .expect("starting sandbox-vmm");
-    Vm { child, _dir: dir }
+    let vm = Vm {
+        child,
+        done: Arc::new(AtomicBool::new(false)),
+        _dir: dir,
+    };
+    vm.start_watchdog();
+    vm
 }
 
 /// An ext4 image of a busybox root in `dir`, if busybox and mkfs.ext4 are there.
@@ -68,7 +114,7 @@ fn busybox_image(dir: &Path) -> Option<PathBuf> {
         std::fs::create_dir_all(root.join(sub)).unwrap();
     }
     std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "hostname", "cat"] {
+    for applet in ["sh", "echo", "hostname", "cat", "yes", "head"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     let image = dir.join("rootfs.ext4");
@@ -88,6 +134,108 @@ fn busybox_image(dir: &Path) -> Option<PathBuf> {
             None
         }
     }
+}
+
+fn container_spec(script: &str, env: &[String]) -> String {
+    let mut all_env = vec!["PATH=/bin".to_string()];
+    all_env.extend_from_slice(env);
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["sh", "-c", script], "env": all_env, "cwd": "/",
+                    "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs"},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
+    })
+    .to_string()
+}
+
+/// Reads a stream to its end, printing progress so a stall shows where it happened.
+fn read_all_with_progress(stream: &mut impl Read, what: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut next_report = 1 << 20;
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.len() >= next_report {
+            eprintln!("{what}: {} bytes so far", out.len());
+            next_report += 8 << 20;
+        }
+    }
+}
+
+/// Guest → host bulk output through the VMM's vsock device, checked byte for byte.
+fn bulk_output(client: &AgentClient, rootfs: &RootfsDevice) {
+    let bulk_len = bulk_bytes();
+    let spec = container_spec(
+        "yes 0123456789abcdef | head -c $BYTES",
+        &[format!("BYTES={bulk_len}")],
+    );
+    let out_only = StdioSet {
+        stdin: false,
+        stdout: true,
+        stderr: false,
+    };
+    client
+        .create_container("bulk", &spec, rootfs, out_only, false)
+        .unwrap();
+    let mut stdout = client.open_stream("bulk", "", StreamKind::Stdout).unwrap();
+    client.start_container("bulk").unwrap();
+    let started = std::time::Instant::now();
+    let out = read_all_with_progress(&mut stdout, "bulk stdout");
+    println!(
+        "{} bytes of output through vsock in {:.2} s",
+        out.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(out.len(), bulk_len);
+    let line = b"0123456789abcdef\n";
+    for (i, chunk) in out.chunks(line.len()).enumerate() {
+        assert_eq!(chunk, &line[..chunk.len()], "output corrupted at line {i}");
+    }
+    assert_eq!(
+        client.wait_process("bulk", "").unwrap(),
+        ExitStatus::Exited(0)
+    );
+    client.remove_container("bulk", false).unwrap();
+}
+
+/// Host → guest stdin, ended by closing the stream's write side, echoed back by cat.
+fn stdin_round_trip(client: &AgentClient, rootfs: &RootfsDevice) {
+    let all = StdioSet {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+    };
+    client
+        .create_container("cat", &container_spec("cat", &[]), rootfs, all, false)
+        .unwrap();
+    let mut stdin = client.open_stream("cat", "", StreamKind::Stdin).unwrap();
+    let mut stdout = client.open_stream("cat", "", StreamKind::Stdout).unwrap();
+    client.start_container("cat").unwrap();
+    let input: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let expected = input.clone();
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(&input).unwrap();
+        eprintln!("stdin: all {} bytes written; closing", input.len());
+        stdin.close_write().unwrap();
+    });
+    let out = read_all_with_progress(&mut stdout, "cat stdout");
+    writer.join().unwrap();
+    assert!(
+        out == expected,
+        "stdin came back different ({} bytes)",
+        out.len()
+    );
+    assert_eq!(
+        client.wait_process("cat", "").unwrap(),
+        ExitStatus::Exited(0)
+    );
+    client.remove_container("cat", false).unwrap();
 }
 
 #[test]
@@ -171,10 +319,14 @@ fn agent_in_a_microvm_answers_over_hybrid_vsock() {
         assert_eq!(text, "hi from box\n");
         assert_eq!(client.wait_process("c1", "").unwrap().code(), 3);
         client.remove_container("c1", false).unwrap();
+
+        bulk_output(&client, &rootfs);
+        stdin_round_trip(&client, &rootfs);
     }
 
     client.shutdown().unwrap();
     let status = vm.child.wait().unwrap();
+    vm.done.store(true, Ordering::SeqCst);
     println!("sandbox-vmm exited: {status}");
     assert!(status.success(), "{status}");
 }
