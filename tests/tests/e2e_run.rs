@@ -1,0 +1,501 @@
+//! End to end: `sandbox` (microVM backend) runs busybox bundles in microVMs; output, exit codes,
+//! stdin, tty, exec, ps, kill, state, delete, cleanup. Needs real KVM: run in the lab.
+//!
+//! Binaries: `$SANDBOX_BIN` / `$SANDBOX_VMM`, else `<target>/release/{sandbox,sandbox-vmm}`
+//! (`cargo build --release -p shim -p vmm`); the guest from `target/guest` (`cargo xtask setup`).
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use sandbox_tests::artifacts;
+use sandbox_tests::bundle::{unique, Bundle};
+use serde_json::{json, Value};
+
+fn release_bin(var: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
+        return p.into();
+    }
+    let p = artifacts::target_dir().join("release").join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: cargo build --release -p shim -p vmm (or set ${var})",
+        p.display()
+    );
+    p
+}
+
+/// A private state root and image cache; checks on drop that nothing is left.
+struct Env {
+    root: PathBuf,
+    cache: PathBuf,
+}
+
+impl Env {
+    fn new(name: &str) -> Env {
+        let base = Path::new("/run").join(unique(&format!("e2e-{name}")));
+        Env {
+            root: base.join("root"),
+            cache: base.join("images"),
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(release_bin("SANDBOX_BIN", "sandbox"));
+        c.arg("--root")
+            .arg(&self.root)
+            .env("SANDBOX_VMM", release_bin("SANDBOX_VMM", "sandbox-vmm"))
+            .env("SANDBOX_KERNEL", artifacts::vmlinux().expect("vmlinux"))
+            .env("SANDBOX_INITRD", artifacts::initramfs().expect("initramfs"))
+            .env("SANDBOX_IMAGE_CACHE", &self.cache)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `sandbox ARGS` to completion, stdin closed.
+    fn sandbox(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run sandbox")
+    }
+
+    /// `sandbox ARGS` that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.sandbox(args);
+        assert!(out.status.success(), "sandbox {args:?}: {}", show(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn state(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["state", id])).expect("state is JSON")
+    }
+
+    /// Polls `state` until the container exists with status `want`.
+    fn wait_status(&self, id: &str, want: &str) -> Value {
+        loop {
+            let out = self.sandbox(&["state", id]);
+            if out.status.success() {
+                let s: Value = serde_json::from_slice(&out.stdout).expect("state is JSON");
+                if s["status"] == want {
+                    return s;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn list_ids(&self) -> Vec<String> {
+        self.ok(&["list", "-q"])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn images(&self) -> Vec<String> {
+        fs::read_dir(&self.cache)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != ".lock")
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Nothing left: no container state, no image.
+    fn assert_clean(&self) {
+        assert_eq!(self.list_ids(), Vec::<String>::new(), "containers left");
+        let left: Vec<_> = fs::read_dir(&self.root)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "state left: {left:?}");
+        assert_eq!(self.images(), Vec::<String>::new(), "images left");
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for id in self.list_ids_quiet() {
+            let _ = self.sandbox(&["delete", "--force", &id]);
+        }
+        let _ = fs::remove_dir_all(self.root.parent().unwrap());
+    }
+}
+
+impl Env {
+    fn list_ids_quiet(&self) -> Vec<String> {
+        let out = self.sandbox(&["list", "-q"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "{}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A busybox bundle running `sh -c SCRIPT`.
+fn bundle(name: &str, script: &str) -> Bundle {
+    let b = Bundle::new(name);
+    b.edit(|c| c["process"]["args"] = json!(["sh", "-c", script]));
+    b
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+fn vmm_alive(pid: i64) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").split_whitespace().next();
+            !matches!(state, Some("Z") | Some("X"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn run_returns_output_and_exit_code_and_removes_everything() {
+    let env = Env::new("run");
+    let b = bundle("e2e-run", "echo out; echo err >&2; exit 7");
+    let out = env.sandbox(&["run", path_str(b.path())]);
+    assert_eq!(out.status.code(), Some(7), "{}", show(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    env.assert_clean();
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn container_sees_the_guest_kernel_and_nothing_of_the_host() {
+    let env = Env::new("isolation");
+    let marker = Path::new("/var/tmp").join(unique("e2e-host-marker"));
+    fs::write(&marker, "host").unwrap();
+    let host_sleep = Command::new("sleep").arg("4321").spawn().unwrap();
+    let script = format!(
+        "uname -r; cat /proc/cmdline; test -e {m} && echo marker-visible || echo marker-hidden; \
+         ps -o pid,args; ls /proc | grep -c '^[0-9]'",
+        m = marker.display()
+    );
+    let b = bundle("e2e-iso", &script);
+    let out = env.sandbox(&["run", "--bundle", path_str(b.path()), "iso"]);
+    let mut host_sleep = host_sleep;
+    let _ = host_sleep.kill();
+    let _ = host_sleep.wait();
+    let _ = fs::remove_file(&marker);
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let guest_kernel = lines.next().unwrap();
+    let host_kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(guest_kernel, host_kernel.trim(), "same kernel as the host");
+    assert!(lines.next().unwrap().contains("virtio_mmio"), "{text}");
+    assert!(text.contains("marker-hidden"), "{text}");
+    assert!(!text.contains("4321"), "a host process is visible: {text}");
+    let procs: usize = text.lines().last().unwrap().trim().parse().unwrap();
+    assert!(procs < 10, "{procs} processes visible: {text}");
+    env.assert_clean();
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn stdin_reaches_the_container_and_ends_with_eof() {
+    let env = Env::new("stdin");
+    let b = bundle("e2e-stdin", "cat; echo end");
+    let input: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let mut child = env
+        .cmd()
+        .args(["run", path_str(b.path())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.clone();
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(&data).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let mut want = input;
+    want.extend_from_slice(b"end\n");
+    assert!(
+        out.stdout == want,
+        "stdout differs ({} bytes)",
+        out.stdout.len()
+    );
+    env.assert_clean();
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn large_output_arrives_intact_and_in_order() {
+    // seq 1 12000000: 12 M lines, 100.9 MB.
+    const LINES: u64 = 12_000_000;
+    let env = Env::new("large");
+    let b = bundle("e2e-large", &format!("seq 1 {LINES}"));
+    let mut child = env
+        .cmd()
+        .args(["run", path_str(b.path())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = BufReader::with_capacity(1 << 20, child.stdout.take().unwrap());
+    let mut expected = 1u64;
+    let mut bytes = 0u64;
+    for line in reader.lines() {
+        let line = line.unwrap();
+        bytes += line.len() as u64 + 1;
+        assert_eq!(line, expected.to_string(), "line {expected} out of order");
+        expected += 1;
+    }
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(expected - 1, LINES);
+    assert!(bytes > 100_000_000, "{bytes} bytes");
+    env.assert_clean();
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn lifecycle_create_start_exec_ps_kill_delete_with_state_transitions() {
+    let env = Env::new("lifecycle");
+    let b = bundle("e2e-life", "exec sleep 1000");
+    let pid_file = env.root.parent().unwrap().join("pid");
+    fs::create_dir_all(pid_file.parent().unwrap()).unwrap();
+    env.ok(&[
+        "create",
+        "--bundle",
+        path_str(b.path()),
+        "--pid-file",
+        path_str(&pid_file),
+        "life",
+    ]);
+    let s = env.state("life");
+    assert_eq!(s["status"], "created", "{s}");
+    assert_eq!(s["id"], "life");
+    assert_eq!(
+        s["bundle"].as_str().unwrap(),
+        fs::canonicalize(b.path()).unwrap().to_str().unwrap()
+    );
+    let vmm = s["pid"].as_i64().unwrap();
+    assert_eq!(fs::read_to_string(&pid_file).unwrap(), vmm.to_string());
+    assert!(vmm_alive(vmm));
+    assert_eq!(env.list_ids(), ["life"]);
+
+    env.ok(&["start", "life"]);
+    assert_eq!(env.state("life")["status"], "running");
+
+    // exec: output, exit code, stdin, 128+N after a signal.
+    assert_eq!(env.ok(&["exec", "life", "echo", "hi"]), "hi\n");
+    let out = env.sandbox(&["exec", "life", "sh", "-c", "exit 5"]);
+    assert_eq!(out.status.code(), Some(5), "{}", show(&out));
+    let out = env.sandbox(&["exec", "life", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.status.code(), Some(137), "{}", show(&out));
+    let mut child = env
+        .cmd()
+        .args(["exec", "life", "tr", "a-z", "A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"piped\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "PIPED\n");
+    // exec -p process.json
+    let proc_json = env.root.parent().unwrap().join("process.json");
+    fs::write(
+        &proc_json,
+        json!({"args": ["sh", "-c", "echo $GREETING"], "env": ["GREETING=from-json"], "cwd": "/"})
+            .to_string(),
+    )
+    .unwrap();
+    assert_eq!(
+        env.ok(&["exec", "-p", path_str(&proc_json), "life"]),
+        "from-json\n"
+    );
+
+    // ps: the init is there.
+    let ps = env.ok(&["ps", "life"]);
+    assert!(ps.contains("sleep 1000"), "{ps}");
+    let pids: Vec<u32> = serde_json::from_str(&env.ok(&["ps", "-f", "json", "life"])).unwrap();
+    assert!(!pids.is_empty());
+
+    // delete refuses a running container.
+    let out = env.sandbox(&["delete", "life"]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("running"));
+
+    env.ok(&["kill", "life", "KILL"]);
+    env.wait_status("life", "stopped");
+    env.ok(&["delete", "life"]);
+    assert!(!vmm_alive(vmm), "VMM {vmm} still runs");
+    let out = env.sandbox(&["state", "life"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    env.assert_clean();
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn foreground_run_killed_from_outside_exits_137() {
+    let env = Env::new("kill");
+    let b = bundle("e2e-kill", "echo started; exec sleep 1000");
+    let child = env
+        .cmd()
+        .args(["run", "--bundle", path_str(b.path()), "victim"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    env.wait_status("victim", "running");
+    env.ok(&["kill", "victim", "SIGKILL"]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(137), "{}", show(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
+    env.assert_clean();
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn two_sandboxes_at_once_then_list_is_empty() {
+    let env = Env::new("two");
+    // Each waits for a line on stdin, so both are running together.
+    let b1 = bundle("e2e-two-a", "read x; echo one $x; exit 1");
+    let b2 = bundle("e2e-two-b", "read x; echo two $x; exit 2");
+    let spawn = |b: &Bundle, id: &str| -> Child {
+        env.cmd()
+            .args(["run", "--bundle", path_str(b.path()), id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut c1 = spawn(&b1, "one");
+    let mut c2 = spawn(&b2, "two");
+    env.wait_status("one", "running");
+    env.wait_status("two", "running");
+    assert_eq!(env.list_ids(), ["one", "two"]);
+    let s1 = env.state("one");
+    let s2 = env.state("two");
+    assert_ne!(s1["pid"], s2["pid"], "one VMM each");
+    for c in [&mut c1, &mut c2] {
+        c.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    let o1 = c1.wait_with_output().unwrap();
+    let o2 = c2.wait_with_output().unwrap();
+    assert_eq!(o1.status.code(), Some(1), "{}", show(&o1));
+    assert_eq!(o2.status.code(), Some(2), "{}", show(&o2));
+    assert_eq!(String::from_utf8_lossy(&o1.stdout), "one go\n");
+    assert_eq!(String::from_utf8_lossy(&o2.stdout), "two go\n");
+    env.assert_clean();
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn kill_9_of_the_cli_then_delete_force_leaves_nothing() {
+    let env = Env::new("orphan");
+    let b = bundle("e2e-orphan", "exec sleep 1000");
+    let mut cli = env
+        .cmd()
+        .args(["run", "--bundle", path_str(b.path()), "orphan"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = env.wait_status("orphan", "running");
+    let vmm = s["pid"].as_i64().unwrap();
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    assert!(vmm_alive(vmm), "the VMM should outlive the CLI");
+    let dir = env.root.join("orphan");
+    assert!(dir.join("vsock.sock").exists());
+    assert_eq!(env.images().len(), 2, "{:?}", env.images());
+    env.ok(&["delete", "--force", "orphan"]);
+    assert!(!vmm_alive(vmm), "VMM {vmm} still runs");
+    assert!(!dir.exists(), "{} left", dir.display());
+    env.assert_clean();
+    // Deleting again with --force is not an error (runc's behaviour).
+    env.ok(&["delete", "--force", "orphan"]);
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn tty_reports_its_size_and_follows_resizes() {
+    use nix::pty::{openpty, Winsize};
+    let env = Env::new("tty");
+    let b = bundle("e2e-tty", "stty size; while read x; do stty size; done");
+    b.edit(|c| c["process"]["terminal"] = json!(true));
+    let size = |rows, cols| Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = openpty(Some(&size(20, 70)), None).unwrap();
+    let slave = |pty: &OwnedFd| Stdio::from(pty.try_clone().unwrap());
+    let mut child = env
+        .cmd()
+        .args(["run", path_str(b.path())])
+        .stdin(slave(&pty.slave))
+        .stdout(slave(&pty.slave))
+        .stderr(slave(&pty.slave))
+        .spawn()
+        .unwrap();
+    drop(pty.slave);
+    let mut master = fs::File::from(pty.master);
+    let mut seen = String::new();
+    let read_until = |master: &mut fs::File, want: &str, seen: &mut String| {
+        let mut buf = [0u8; 4096];
+        while !seen.contains(want) {
+            let n = master.read(&mut buf).unwrap_or(0);
+            assert!(n > 0, "tty closed before {want:?}; got {seen:?}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    read_until(&mut master, "20 70", &mut seen);
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer; the fd is the open master.
+    let ws = size(30, 90);
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGWINCH,
+    )
+    .unwrap();
+    // Each line makes the shell print its size again, until the resize has arrived.
+    let mut buf = [0u8; 4096];
+    while !seen.contains("30 90") {
+        master.write_all(b"\r").unwrap();
+        let n = master.read(&mut buf).unwrap_or(0);
+        assert!(n > 0, "tty closed before the resize; got {seen:?}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // EOF ends the loop and the container.
+    master.write_all(&[4]).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{seen}");
+    env.assert_clean();
+}
