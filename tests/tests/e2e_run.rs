@@ -15,6 +15,9 @@ use sandbox_tests::artifacts;
 use sandbox_tests::bundle::{unique, Bundle};
 use serde_json::{json, Value};
 
+/// Longest a single `sandbox` command may take before the test calls it hung.
+const HANG_LIMIT: Duration = Duration::from_secs(180);
+
 fn release_bin(var: &str, name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(var) {
         return p.into();
@@ -55,9 +58,49 @@ impl Env {
         c
     }
 
-    /// `sandbox ARGS` to completion, stdin closed.
+    /// `sandbox ARGS` to completion, stdin closed. A command still running after
+    /// `HANG_LIMIT` is killed and fails the test (a hang guard, not a timing assertion).
     fn sandbox(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().expect("run sandbox")
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sandbox");
+        let mut stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let out_thread = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = stdout.read_to_end(&mut v);
+            v
+        });
+        let err_thread = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = stderr.read_to_end(&mut v);
+            v
+        });
+        let begin = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if begin.elapsed() > HANG_LIMIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = err_thread.join().unwrap();
+                panic!(
+                    "sandbox {args:?} hung; stderr: {}",
+                    String::from_utf8_lossy(&err)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Output {
+            status,
+            stdout: out_thread.join().unwrap(),
+            stderr: err_thread.join().unwrap(),
+        }
     }
 
     /// `sandbox ARGS` that must succeed; its stdout.
