@@ -151,19 +151,26 @@ fn container_spec(script: &str, env: &[String]) -> String {
 }
 
 /// Reads a stream to its end, printing progress so a stall shows where it happened.
-fn read_all_with_progress(stream: &mut impl Read, what: &str) -> Vec<u8> {
+fn read_all_with_progress(stream: &mut impl Read, what: &str, expected: usize) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
-    let mut next_report = 1 << 20;
+    let mut next_report = 64 << 10;
     loop {
         let n = stream.read(&mut buf).unwrap();
         if n == 0 {
             return out;
         }
         out.extend_from_slice(&buf[..n]);
+        if out.len() >= expected && out.len() - n < expected {
+            eprintln!("{what}: all {expected} bytes arrived; waiting for the end of the stream");
+        }
         if out.len() >= next_report {
             eprintln!("{what}: {} bytes so far", out.len());
-            next_report += 8 << 20;
+            next_report += if out.len() < 1 << 20 {
+                64 << 10
+            } else {
+                8 << 20
+            };
         }
     }
 }
@@ -186,7 +193,7 @@ fn bulk_output(client: &AgentClient, rootfs: &RootfsDevice) {
     let mut stdout = client.open_stream("bulk", "", StreamKind::Stdout).unwrap();
     client.start_container("bulk").unwrap();
     let started = std::time::Instant::now();
-    let out = read_all_with_progress(&mut stdout, "bulk stdout");
+    let out = read_all_with_progress(&mut stdout, "bulk stdout", bulk_len);
     println!(
         "{} bytes of output through vsock in {:.2} s",
         out.len(),
@@ -217,14 +224,14 @@ fn stdin_round_trip(client: &AgentClient, rootfs: &RootfsDevice) {
     let mut stdin = client.open_stream("cat", "", StreamKind::Stdin).unwrap();
     let mut stdout = client.open_stream("cat", "", StreamKind::Stdout).unwrap();
     client.start_container("cat").unwrap();
-    let input: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let input: Vec<u8> = (0..(200u32 << 10)).map(|i| (i % 251) as u8).collect();
     let expected = input.clone();
     let writer = std::thread::spawn(move || {
         stdin.write_all(&input).unwrap();
         eprintln!("stdin: all {} bytes written; closing", input.len());
         stdin.close_write().unwrap();
     });
-    let out = read_all_with_progress(&mut stdout, "cat stdout");
+    let out = read_all_with_progress(&mut stdout, "cat stdout", expected.len());
     writer.join().unwrap();
     assert!(
         out == expected,
