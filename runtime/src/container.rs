@@ -553,7 +553,7 @@ impl Container {
         } else {
             vec![self.state.pid]
         };
-        for pid in pids {
+        for pid in pids.into_iter().filter(|p| *p > 0) {
             match kill(Pid::from_raw(pid), signal) {
                 Ok(()) | Err(nix::Error::ESRCH) => {}
                 Err(e) => return Err(errno(format!("kill {pid}"))(e)),
@@ -565,6 +565,9 @@ impl Container {
     /// Waits for the init to exit. Returns its exit code (128+N after signal N) when this
     /// process is its parent (the creator, via CLONE_PARENT), None when it can only watch.
     pub fn wait(&mut self) -> Result<Option<i32>> {
+        if self.state.pid <= 0 {
+            return Ok(None);
+        }
         let pid = Pid::from_raw(self.state.pid);
         loop {
             match waitpid(pid, None) {
@@ -749,8 +752,11 @@ impl Container {
                     let _ = cg.set_frozen(false);
                     let _ = cg.kill_all();
                 }
-                let _ = kill(Pid::from_raw(self.state.pid), Signal::SIGKILL);
-                reap(self.state.pid);
+                // pid 0 (a create that died early) must not become "our process group".
+                if self.state.pid > 0 {
+                    let _ = kill(Pid::from_raw(self.state.pid), Signal::SIGKILL);
+                    reap(self.state.pid);
+                }
             }
         }
         if let Ok(cg) = self.cgroup() {

@@ -537,6 +537,8 @@ fn run_forwards_signals_to_the_container() {
         ]);
     });
     let root = StateRoot::new("sigfwd");
+    let id = unique("sigfwd");
+    let _guard = ForceDelete(root.path().to_path_buf(), id.clone());
     let mut child = std::process::Command::new(sandbox_tests::bundle::sandbox_bin())
         .args([
             "--no-vm",
@@ -545,7 +547,7 @@ fn run_forwards_signals_to_the_container() {
             "run",
             "-b",
             b.path().to_str().unwrap(),
-            &unique("sigfwd"),
+            &id,
         ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -561,4 +563,26 @@ fn run_forwards_signals_to_the_container() {
     assert_eq!(lines.next().unwrap().unwrap(), "got-term");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn delete_of_a_create_that_died_early() {
+    let b = Bundle::new("crashed");
+    let root = StateRoot::new("crashed");
+    let id = unique("crashed");
+    let dir = root.path().join(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = json!({
+        "ociVersion": "1.0.2", "id": id, "pid": 0, "status": "creating",
+        "bundle": b.path(), "rootfs": b.rootfs(), "created": "2026-01-01T00:00:00.000000000Z", "owner": ""
+    });
+    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    assert_eq!(state_of(root.path(), &id), "creating");
+    // pid 0 must not turn into "signal my process group" (which would kill this test).
+    ok(sandbox(root.path(), &["delete", &id]));
+    assert!(!dir.exists());
+}
+
+fn state_of(root: &Path, id: &str) -> String {
+    state(root, id)["status"].as_str().unwrap().to_string()
 }

@@ -90,10 +90,9 @@ fn state_json(s: &State, with_owner: bool) -> serde_json::Value {
     v
 }
 
-/// Forwards the usual terminating signals to `pid` from a helper thread while we wait.
-fn forward_signals(pid: i32) {
-    use nix::sys::signal::SigSet;
-    let mut set = SigSet::empty();
+/// The signals `run` and `exec` forward to the container.
+fn forwarded() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
     for s in [
         Signal::SIGINT,
         Signal::SIGTERM,
@@ -104,9 +103,18 @@ fn forward_signals(pid: i32) {
     ] {
         set.add(s);
     }
-    if set.thread_block().is_err() {
-        return;
-    }
+    set
+}
+
+/// Blocks the forwarded signals before the container exists, so one that arrives while it
+/// starts is delivered to it instead of killing us. (The runtime clears the mask before exec.)
+fn block_forwarded() {
+    let _ = forwarded().thread_block();
+}
+
+/// Forwards the blocked signals to `pid` from a helper thread while we wait.
+fn forward_signals(pid: i32) {
+    let set = forwarded();
     std::thread::spawn(move || loop {
         if let Ok(sig) = set.wait() {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
@@ -135,6 +143,9 @@ impl Backend for NoVm {
             } else {
                 None
             };
+        if !a.detach {
+            block_forwarded();
+        }
         let socket = proxy
             .as_ref()
             .map(|p| p.path().to_path_buf())
@@ -227,6 +238,9 @@ impl Backend for NoVm {
             console_socket: a.console_socket.clone(),
             stdio: None,
         };
+        if !a.detach {
+            block_forwarded();
+        }
         let pid = c.exec(&process, &opts)?;
         if let Some(f) = &a.pid_file {
             write_pid_file(f, pid)?;
