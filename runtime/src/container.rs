@@ -144,6 +144,11 @@ fn plan_cgroup(id: &str, spec: &Spec, opts: &CreateOptions) -> Result<Option<Cgr
     let linux = spec.linux().as_ref();
     let resources = linux.and_then(|l| l.resources().as_ref());
     let Some(root) = cgroups::find_hierarchy() else {
+        if resources.is_some_and(|r| r.devices().as_ref().is_some_and(|d| !d.is_empty())) {
+            tracing::warn!(
+                "linux.resources.devices: no cgroup v2 hierarchy; device rules are not enforced"
+            );
+        }
         if let Some(r) = resources {
             if let Some((_, field)) = cgroups_needed(r).into_iter().next() {
                 return Err(CgroupError::NoHierarchy { field }.into());
