@@ -49,9 +49,11 @@ fn climb(config: &BootConfig, label: &str, n: u32, bar: &ProgressBar) -> Climb {
             .map(|vm| Memory::of(vm.pid()).map(|m| m.pss_kib))
             .sum();
         match total {
-            Ok(kib) => series
-                .mib_per_sandbox
-                .push((k, kib as f64 / 1024.0 / f64::from(k))),
+            Ok(kib) => {
+                let each = kib as f64 / 1024.0 / f64::from(k);
+                super::log::line(&format!("density: {label} N={k}: {each:.1} MiB each"));
+                series.mib_per_sandbox.push((k, each));
+            }
             Err(e) => {
                 error = Some(format!("measuring at N={k}: {e}"));
                 break;

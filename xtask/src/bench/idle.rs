@@ -76,6 +76,7 @@ impl IdleVm {
             program: program.clone(),
             source,
         })?;
+        super::log::line(&format!("idle: started {program} pid {}", child.id()));
         let (tx, lines) = mpsc::channel();
         for pipe in [
             child.stdout.take().map(OwnedFd::from),
@@ -101,6 +102,11 @@ impl IdleVm {
             match lines.recv_timeout(left) {
                 Ok((at, line)) => {
                     if boot::parse_marker(&line).is_some() {
+                        super::log::line(&format!(
+                            "idle: pid {} ready after {} ms",
+                            child.id(),
+                            (at - start).as_millis()
+                        ));
                         return Ok(IdleVm {
                             child,
                             ready: at - start,
@@ -136,7 +142,9 @@ impl IdleVm {
 
 impl Drop for IdleVm {
     fn drop(&mut self) {
-        let _ = kill(&mut self.child);
+        let pid = self.child.id();
+        let killed = kill(&mut self.child);
+        super::log::line(&format!("idle: pid {pid} stopped ({killed:?})"));
     }
 }
 

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sandbox_tests::{artifacts, lab};
 
 use super::report::{LabPartial, Row};
-use super::{boot_to_agent, density, machine, memory, run_true, Args, Guest, Plan};
+use super::{boot_to_agent, density, log, machine, memory, run_true, Args, Guest, Plan};
 
 /// Flags of the re-invocation inside the lab (hidden).
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -71,6 +71,7 @@ fn run_lab(args: &Args, plan: Plan, out: &Path, vmm: &Path, sandbox: &Path) -> R
     let progress = dir.join("lab-progress");
     let _ = fs::remove_file(&partial);
     let _ = fs::remove_file(&progress);
+    let _ = fs::remove_file(dir.join("lab.log"));
     let exe = std::env::current_exe().context("locating the xtask binary")?;
     let mut argv: Vec<std::ffi::OsString> = vec![exe.into(), "bench".into(), "--inside".into()];
     for (flag, value) in [
@@ -95,6 +96,10 @@ fn run_lab(args: &Args, plan: Plan, out: &Path, vmm: &Path, sandbox: &Path) -> R
     );
     if args.quick {
         argv.push("--quick".into());
+    }
+    if let Some(only) = &args.only {
+        argv.push("--only".into());
+        argv.push(only.join(",").into());
     }
     let opts = lab::Options {
         cwd: Some(artifacts::workspace_root()),
@@ -121,33 +126,39 @@ fn run_lab(args: &Args, plan: Plan, out: &Path, vmm: &Path, sandbox: &Path) -> R
         }
         thread::sleep(Duration::from_millis(300));
     }
-    let output = worker.join().expect("lab thread")?;
-    bar.finish_with_message(format!("lab done (status {})", output.status));
-    match LabPartial::load(&partial) {
-        Ok(mut p) if output.status == 0 => {
-            let _ = fs::remove_file(&partial);
-            p.results.retain(|r| !r.name.is_empty());
-            Ok(p)
-        }
-        loaded => {
-            let stderr = output.stderr_str();
-            let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            let mut p = loaded.unwrap_or_default();
-            let error = format!(
-                "lab run ended with status {}; its stderr ends:\n{}",
-                output.status,
-                tail.join("\n")
-            );
-            let have: Vec<String> = p.results.iter().map(|r| r.name.clone()).collect();
-            p.results.extend(
-                all_failed(&error)
-                    .into_iter()
-                    .filter(|r| !have.contains(&r.name)),
-            );
-            Ok(p)
+    let ended = worker.join().expect("lab thread");
+    let (status, stderr) = match &ended {
+        Ok(out) => (out.status.to_string(), out.stderr_str()),
+        Err(e) => (format!("error: {e}"), String::new()),
+    };
+    bar.finish_with_message(format!("lab done ({status})"));
+    let loaded = LabPartial::load(&partial);
+    let _ = fs::remove_file(&partial);
+    if let (Ok(p), Ok(out)) = (&loaded, &ended) {
+        if out.status == 0 {
+            return Ok(p.clone());
         }
     }
+    // Keep what the lab finished; the rest fails with the lab's end.
+    let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    let mut p = loaded.unwrap_or_default();
+    if p.machine.is_empty() {
+        p.machine = format!("lab run failed ({status})");
+    }
+    let error = format!(
+        "lab run ended with status {status} before this benchmark finished; see {}; \
+         stderr ends:\n{}",
+        dir.join("lab.log").display(),
+        tail.join("\n")
+    );
+    let have: Vec<String> = p.results.iter().map(|r| r.name.clone()).collect();
+    p.results.extend(
+        all_failed(&error)
+            .into_iter()
+            .filter(|r| !have.contains(&r.name) && args.selects(&r.name)),
+    );
+    Ok(p)
 }
 
 /// `3 20 boot-to-agent` → (3, "boot-to-agent").
@@ -159,13 +170,22 @@ fn parse_progress(text: &str) -> Option<(u64, String)> {
 }
 
 /// Lab side: runs the benchmarks, saving the partial report after each.
-pub fn inside(a: &InsideArgs, plan: Plan) -> Result<()> {
+pub fn inside(a: &Args, plan: Plan) -> Result<()> {
     let partial_path = a
+        .inside
         .partial
         .clone()
         .context("--partial is required with --inside")?;
-    let vmm = a.vmm.clone().context("--vmm is required with --inside")?;
+    if let Some(dir) = partial_path.parent() {
+        log::open(&dir.join("lab.log"));
+    }
+    let vmm = a
+        .inside
+        .vmm
+        .clone()
+        .context("--vmm is required with --inside")?;
     let sandbox = a
+        .inside
         .sandbox
         .clone()
         .context("--sandbox is required with --inside")?;
@@ -175,7 +195,7 @@ pub fn inside(a: &InsideArgs, plan: Plan) -> Result<()> {
         initramfs: artifacts::initramfs()?,
     };
     let bar = ProgressBar::with_draw_target(Some(total_steps(plan)), ProgressDrawTarget::hidden());
-    let reporter = a.progress_file.clone().map(|path| {
+    let reporter = a.inside.progress_file.clone().map(|path| {
         let bar = bar.clone();
         thread::spawn(move || {
             while !bar.is_finished() {
@@ -197,39 +217,41 @@ pub fn inside(a: &InsideArgs, plan: Plan) -> Result<()> {
     let save = |p: &LabPartial| p.save(&partial_path);
     save(&partial)?;
 
-    let step = |name: &str| {
-        bar.set_message(name.to_string());
-        println!("bench: {name}");
+    let step = |name: &str, label: &str| {
+        bar.set_message(label.to_string());
+        log::line(&format!("bench: {label}"));
+        a.selects(name)
     };
-    step("boot-to-agent");
-    partial
-        .results
-        .push(boot_to_agent::run(&guest, plan.rounds, &bar));
-    save(&partial)?;
-    step("memory-per-sandbox");
-    partial
-        .results
-        .push(memory::run(&guest, plan.memory_rounds, &bar));
-    save(&partial)?;
-    step(&format!("density (N = {})", plan.density));
-    let (rows, series) = density::run(&guest, plan.density, plan.budget_mib, &bar);
-    partial.results.extend(rows);
-    partial.density = series;
-    save(&partial)?;
-    step("run-true");
-    partial
-        .results
-        .push(run_true::run(&sandbox, &guest, plan.rounds, &bar));
-    save(&partial)?;
+    if step("boot-to-agent", "boot-to-agent") {
+        let row = boot_to_agent::run(&guest, plan.rounds, &bar);
+        partial.results.push(row);
+        save(&partial)?;
+    }
+    if step("memory-per-sandbox", "memory-per-sandbox") {
+        let row = memory::run(&guest, plan.memory_rounds, &bar);
+        partial.results.push(row);
+        save(&partial)?;
+    }
+    if step("density", &format!("density (N = {})", plan.density)) {
+        let (rows, series) = density::run(&guest, plan.density, plan.budget_mib, &bar);
+        partial.results.extend(rows);
+        partial.density = series;
+        save(&partial)?;
+    }
+    if step("run-true", "run-true") {
+        let row = run_true::run(&sandbox, &guest, plan.rounds, &bar);
+        partial.results.push(row);
+        save(&partial)?;
+    }
     bar.finish();
     if let Some(r) = reporter {
         let _ = r.join();
     }
     for r in &partial.results {
-        println!(
+        log::line(&format!(
             "bench: {} ours {:?} peer {:?} error {:?}",
             r.name, r.ours, r.peer_value, r.error
-        );
+        ));
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod density;
 mod floor;
 mod idle;
 mod lab;
+mod log;
 mod machine;
 mod measure;
 mod memory;
@@ -52,8 +53,29 @@ pub struct Args {
     /// Limit for the lab run, in seconds.
     #[arg(long, default_value_t = 3600)]
     pub timeout: u64,
+    /// Run only these benchmarks (comma-separated: vmm-floor, runtime-host, boot-to-agent,
+    /// memory-per-sandbox, density, run-true).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Option<Vec<String>>,
     #[command(flatten)]
     pub inside: lab::InsideArgs,
+}
+
+impl Args {
+    /// Whether the benchmark `name` is to run (`--only`).
+    pub fn selects(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == name))
+    }
+
+    /// Whether any benchmark that needs the lab is to run.
+    fn needs_lab(&self) -> bool {
+        !self.no_lab
+            && ["boot-to-agent", "memory-per-sandbox", "density", "run-true"]
+                .iter()
+                .any(|n| self.selects(n))
+    }
 }
 
 /// Rounds, N and budget after --quick.
@@ -123,7 +145,7 @@ fn sort_rows(rows: &mut [Row]) {
 pub fn run(args: Args) -> Result<()> {
     let plan = Plan::from_args(&args);
     if args.inside.inside {
-        return lab::inside(&args.inside, plan);
+        return lab::inside(&args, plan);
     }
     let out = args
         .out
@@ -139,15 +161,20 @@ pub fn run(args: Args) -> Result<()> {
     );
     bar.enable_steady_tick(Duration::from_millis(200));
 
-    bar.set_message("vmm-floor (host /dev/kvm)");
-    let mut rows = floor::run(&vmm, plan.rounds, &bar);
-    bar.set_message("runtime-host (sandbox --no-vm, crun, runc)");
-    rows.extend(runtime_host::run(&sandbox, plan.rounds, &bar));
+    let mut rows = Vec::new();
+    if args.selects("vmm-floor") {
+        bar.set_message("vmm-floor (host /dev/kvm)");
+        rows.extend(floor::run(&vmm, plan.rounds, &bar));
+    }
+    if args.selects("runtime-host") {
+        bar.set_message("runtime-host (sandbox --no-vm, crun, runc)");
+        rows.extend(runtime_host::run(&sandbox, plan.rounds, &bar));
+    }
     bar.finish_with_message("host benchmarks done");
 
-    let lab_part = if args.no_lab {
+    let lab_part = if !args.needs_lab() {
         report::LabPartial {
-            machine: "not run (--no-lab)".into(),
+            machine: "not run".into(),
             ..Default::default()
         }
     } else {
