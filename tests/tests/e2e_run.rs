@@ -114,9 +114,13 @@ impl Env {
         serde_json::from_str(&self.ok(&["state", id])).expect("state is JSON")
     }
 
-    /// Polls `state` until the container exists with status `want`.
-    fn wait_status(&self, id: &str, want: &str) -> Value {
+    /// Polls `state` until the container exists with status `want`; fails if `cli` (the
+    /// command running the container) ends first.
+    fn wait_status(&self, id: &str, want: &str, mut cli: Option<&mut Child>) -> Value {
         loop {
+            if let Some(status) = cli.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("sandbox run {id} ended ({status}) before {id} was {want}");
+            }
             let out = self.sandbox(&["state", id]);
             if out.status.success() {
                 let s: Value = serde_json::from_slice(&out.stdout).expect("state is JSON");
@@ -284,8 +288,8 @@ fn stdin_reaches_the_container_and_ends_with_eof() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn large_output_arrives_intact_and_in_order() {
-    // seq 1 12000000: 12 M lines, 100.9 MB.
-    const LINES: u64 = 12_000_000;
+    // seq 1 13000000: 13 M lines, 105.9 MB.
+    const LINES: u64 = 13_000_000;
     let env = Env::new("large");
     let b = bundle("e2e-large", &format!("seq 1 {LINES}"));
     let mut child = env
@@ -389,7 +393,7 @@ fn lifecycle_create_start_exec_ps_kill_delete_with_state_transitions() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("running"));
 
     env.ok(&["kill", "life", "KILL"]);
-    env.wait_status("life", "stopped");
+    env.wait_status("life", "stopped", None);
     env.ok(&["delete", "life"]);
     assert!(!vmm_alive(vmm), "VMM {vmm} still runs");
     let out = env.sandbox(&["state", "life"]);
@@ -403,14 +407,14 @@ fn lifecycle_create_start_exec_ps_kill_delete_with_state_transitions() {
 fn foreground_run_killed_from_outside_exits_137() {
     let env = Env::new("kill");
     let b = bundle("e2e-kill", "echo started; exec sleep 1000");
-    let child = env
+    let mut child = env
         .cmd()
         .args(["run", "--bundle", path_str(b.path()), "victim"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    env.wait_status("victim", "running");
+    env.wait_status("victim", "running", Some(&mut child));
     env.ok(&["kill", "victim", "SIGKILL"]);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(137), "{}", show(&out));
@@ -436,8 +440,8 @@ fn two_sandboxes_at_once_then_list_is_empty() {
     };
     let mut c1 = spawn(&b1, "one");
     let mut c2 = spawn(&b2, "two");
-    env.wait_status("one", "running");
-    env.wait_status("two", "running");
+    env.wait_status("one", "running", Some(&mut c1));
+    env.wait_status("two", "running", Some(&mut c2));
     assert_eq!(env.list_ids(), ["one", "two"]);
     let s1 = env.state("one");
     let s2 = env.state("two");
@@ -463,10 +467,10 @@ fn kill_9_of_the_cli_then_delete_force_leaves_nothing() {
         .cmd()
         .args(["run", "--bundle", path_str(b.path()), "orphan"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let s = env.wait_status("orphan", "running");
+    let s = env.wait_status("orphan", "running", Some(&mut cli));
     let vmm = s["pid"].as_i64().unwrap();
     cli.kill().unwrap();
     cli.wait().unwrap();

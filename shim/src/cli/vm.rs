@@ -122,8 +122,12 @@ impl Vm {
         if a.process.is_none() || a.tty {
             p["terminal"] = a.tty.into();
         }
+        // runc's process.json may leave these out (Go zero values).
         if p["cwd"].as_str().is_none() {
             p["cwd"] = "/".into();
+        }
+        if !p["user"].is_object() {
+            p["user"] = serde_json::json!({"uid": 0, "gid": 0});
         }
         Ok(p)
     }
@@ -282,6 +286,40 @@ mod tests {
         // A plain id in a directory without such a subdirectory stays an id.
         let (id, bundle) = id_and_bundle(&create_args("c2", "."));
         assert_eq!((id.as_str(), bundle.as_path()), ("c2", Path::new(".")));
+    }
+
+    #[test]
+    fn exec_process_json_gets_runc_defaults_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("process.json");
+        std::fs::write(&file, r#"{"args":["sh"],"env":["A=1"]}"#).unwrap();
+        let vm = Vm::new(Some(dir.path().join("root")), false).unwrap();
+        let args = ExecArgs {
+            process: Some(file),
+            tty: false,
+            detach: false,
+            console_socket: None,
+            pid_file: None,
+            cwd: None,
+            env: vec!["B=2".into()],
+            user: Some("1000:5".into()),
+            id: "c1".into(),
+            command: Vec::new(),
+        };
+        let p = vm.exec_process(&args).unwrap();
+        assert_eq!(p["args"], serde_json::json!(["sh"]));
+        assert_eq!(p["env"], serde_json::json!(["A=1", "B=2"]));
+        assert_eq!(p["user"], serde_json::json!({"uid": 1000, "gid": 5}));
+        assert_eq!(p["cwd"], "/");
+        let no_command = ExecArgs {
+            process: None,
+            user: None,
+            ..args
+        };
+        assert!(matches!(
+            vm.exec_process(&no_command),
+            Err(CliError::Usage(_))
+        ));
     }
 
     #[test]
