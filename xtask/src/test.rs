@@ -125,10 +125,11 @@ fn cargo() -> OsString {
 
 /// `cargo test --workspace`: unit and host tests (the KVM ones are ignored there).
 fn host_tests(root: &Path, selection: &[String]) -> Result<Phase> {
-    println!("==> cargo test {}", selection.join(" "));
+    println!("==> cargo test {} --no-fail-fast", selection.join(" "));
     let mut child = Command::new(cargo())
         .arg("test")
         .args(selection)
+        .arg("--no-fail-fast")
         .current_dir(root)
         .stdout(Stdio::piped())
         .spawn()
