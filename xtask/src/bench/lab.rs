@@ -218,9 +218,12 @@ pub fn inside(a: &Args, plan: Plan) -> Result<()> {
     save(&partial)?;
 
     let step = |name: &str, label: &str| {
+        if !a.selects(name) {
+            return false;
+        }
         bar.set_message(label.to_string());
         log::line(&format!("bench: {label}"));
-        a.selects(name)
+        true
     };
     if step("boot-to-agent", "boot-to-agent") {
         let row = boot_to_agent::run(&guest, plan.rounds, &bar);
@@ -228,12 +231,12 @@ pub fn inside(a: &Args, plan: Plan) -> Result<()> {
         save(&partial)?;
     }
     if step("memory-per-sandbox", "memory-per-sandbox") {
-        let row = memory::run(&guest, plan.memory_rounds, &bar);
+        let row = memory::run(&sandbox, &guest, plan.memory_rounds, &bar);
         partial.results.push(row);
         save(&partial)?;
     }
     if step("density", &format!("density (N = {})", plan.density)) {
-        let (rows, series) = density::run(&guest, plan.density, plan.budget_mib, &bar);
+        let (rows, series) = density::run(&sandbox, &guest, plan.density, plan.budget_mib, &bar);
         partial.results.extend(rows);
         partial.density = series;
         save(&partial)?;

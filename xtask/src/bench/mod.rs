@@ -3,6 +3,7 @@
 
 mod boot_to_agent;
 mod density;
+mod detached;
 mod floor;
 mod idle;
 mod lab;

@@ -60,7 +60,7 @@ fn once(
 
 /// The controller's settings (shim/src/controller/config.rs): our VMM and guest, the memory
 /// of the other lab benchmarks, and an image cache of our own.
-fn vm_env(guest: &Guest, cache: &Path) -> Vec<(&'static str, PathBuf)> {
+pub fn vm_env(guest: &Guest, cache: &Path) -> Vec<(&'static str, PathBuf)> {
     vec![
         ("SANDBOX_VMM", guest.vmm.clone()),
         ("SANDBOX_KERNEL", guest.vmlinux.clone()),
