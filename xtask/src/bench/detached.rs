@@ -109,3 +109,19 @@ impl Drop for Detached {
         let _ = self.delete_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pids_sees_ourselves_and_a_new_child() {
+        let before = pids();
+        assert!(before.contains(&std::process::id()));
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        let new: Vec<u32> = pids().difference(&before).copied().collect();
+        assert!(new.contains(&child.id()), "{new:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
