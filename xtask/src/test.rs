@@ -58,9 +58,35 @@ impl Tally {
         }
     }
 
+    #[cfg(test)]
     fn add_text(&mut self, text: &str) {
         text.lines().for_each(|l| self.add_line(l));
     }
+}
+
+/// Printed by the lab script after each test binary, with its exit status.
+const EXIT_MARKER: &str = "==> exit status ";
+
+/// Counts the lab script's output: the binaries' `test result:` lines, plus one failure for
+/// each binary that failed without reporting a failed test (it crashed or aborted).
+fn tally_lab_output(text: &str) -> Tally {
+    let mut total = Tally::default();
+    let mut binary = Tally::default();
+    for line in text.lines() {
+        if let Some(status) = line.trim().strip_prefix(EXIT_MARKER) {
+            if status.trim() != "0" && binary.failed == 0 {
+                binary.failed = 1;
+            }
+            total.passed += binary.passed;
+            total.failed += binary.failed;
+            binary = Tally::default();
+        } else {
+            binary.add_line(line);
+        }
+    }
+    total.passed += binary.passed;
+    total.failed += binary.failed;
+    total
 }
 
 /// One phase's outcome: its tests, and whether the phase itself succeeded.
@@ -208,7 +234,8 @@ fn lab_script(binaries: &[TestBinary]) -> String {
     for b in binaries {
         let _ = writeln!(
             s,
-            "echo '==> {name}'\ncd {dir} && {bin} --ignored --test-threads=1 --color=never || rc=1",
+            "echo '==> {name}'\ncd {dir} && {bin} --ignored --test-threads=1 --color=never\n\
+             r=$?; echo \"{EXIT_MARKER}$r\"; [ $r = 0 ] || rc=1",
             name = b.path.file_name().unwrap_or_default().to_string_lossy(),
             dir = q(&b.package_dir),
             bin = q(&b.path),
@@ -283,8 +310,7 @@ fn lab_tests(root: &Path, selection: &[String], timeout: u64) -> Result<Phase> {
     let argv = vec![OsString::from("sh"), script.into_os_string()];
     let (tally, ok) = match lab::run(&argv, &opts) {
         Ok(out) => {
-            let mut tally = Tally::default();
-            tally.add_text(&String::from_utf8_lossy(&out.stdout));
+            let tally = tally_lab_output(&String::from_utf8_lossy(&out.stdout));
             (tally, out.status == 0)
         }
         Err(e) => {
@@ -338,6 +364,22 @@ mod tests {
     }
 
     #[test]
+    fn lab_output_counts_a_crashed_binary_as_one_failure() {
+        let out = format!(
+            "==> a\ntest result: ok. 2 passed; 0 failed; 0 ignored\n{EXIT_MARKER}0\n\
+             ==> b\ntest result: FAILED. 1 passed; 2 failed; 0 ignored\n{EXIT_MARKER}101\n\
+             ==> c\nthread panicked while processing panic. aborting.\n{EXIT_MARKER}134\n"
+        );
+        assert_eq!(
+            tally_lab_output(&out),
+            Tally {
+                passed: 3,
+                failed: 3
+            }
+        );
+    }
+
+    #[test]
     fn test_binaries_come_from_test_profile_artifacts() {
         let json = r#"{"reason":"compiler-artifact","manifest_path":"/w/tests/Cargo.toml","profile":{"test":true},"executable":"/w/target/debug/deps/boot-1"}
 {"reason":"compiler-artifact","manifest_path":"/w/vmm/Cargo.toml","profile":{"test":false},"executable":"/w/target/debug/sandbox-vmm"}
@@ -358,9 +400,12 @@ mod tests {
             path: "/w/t/boot-1".into(),
             package_dir: "/w/tests".into(),
         }]);
-        assert!(s.contains(
-            "cd '/w/tests' && '/w/t/boot-1' --ignored --test-threads=1 --color=never || rc=1"
-        ));
+        assert!(
+            s.contains("cd '/w/tests' && '/w/t/boot-1' --ignored --test-threads=1 --color=never\n")
+        );
+        assert!(s.contains(&format!(
+            "r=$?; echo \"{EXIT_MARKER}$r\"; [ $r = 0 ] || rc=1\n"
+        )));
         assert!(s.ends_with("exit $rc\n"));
     }
 }
