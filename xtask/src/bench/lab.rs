@@ -72,7 +72,13 @@ fn run_lab(args: &Args, plan: Plan, out: &Path, vmm: &Path, sandbox: &Path) -> R
     let _ = fs::remove_file(&partial);
     let _ = fs::remove_file(&progress);
     let _ = fs::remove_file(dir.join("lab.log"));
-    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    // A private copy: others' `cargo xtask` builds may replace the binary before the lab
+    // execs it.
+    let exe = dir.join("xtask-lab");
+    let me = std::env::current_exe().context("locating the xtask binary")?;
+    let _ = fs::remove_file(&exe);
+    fs::copy(&me, &exe)
+        .with_context(|| format!("copying {} to {}", me.display(), exe.display()))?;
     let mut argv: Vec<std::ffi::OsString> = vec![exe.into(), "bench".into(), "--inside".into()];
     for (flag, value) in [
         ("--partial", partial.as_os_str()),
