@@ -146,3 +146,132 @@ fn host_reaches_the_agent_over_vsock_and_api_flush_and_exit_stops_the_vm() {
     );
     assert!(!api.exists());
 }
+
+/// One entry of a test initramfs.
+enum Node<'a> {
+    Dir,
+    File(&'a [u8]),
+    Symlink(&'a str),
+    CharDev(u32, u32),
+}
+
+/// Writes a newc initramfs of `entries` to `path`.
+fn write_initramfs(path: &std::path::Path, entries: &[(String, Node<'_>)]) {
+    let mut out = std::fs::File::create(path).unwrap();
+    for (i, (name, node)) in entries.iter().enumerate() {
+        let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match node {
+            Node::Dir => (0o040755, &[], (0, 0)),
+            Node::File(data) => (0o100755, data, (0, 0)),
+            Node::Symlink(target) => (0o120777, target.as_bytes(), (0, 0)),
+            Node::CharDev(major, minor) => (0o020600, &[], (*major, *minor)),
+        };
+        let mut w = cpio::newc::Builder::new(name)
+            .ino(i as u32 + 1)
+            .mode(mode)
+            .nlink(1)
+            .rdev_major(rdev.0)
+            .rdev_minor(rdev.1)
+            .write(out, data.len() as u32);
+        w.write_all(data).unwrap();
+        out = w.finish().unwrap();
+    }
+    cpio::newc::trailer(out).unwrap();
+}
+
+/// The guest's /init for the block test: shows what it reads at the start of each disk,
+/// writes a marker at 4 KiB into each and reports dd's status, then reboots.
+const BLOCK_INIT: &str = r#"#!/bin/sh
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for d in vda vdb; do
+  echo "disk $d ro=$(cat /sys/block/$d/ro) head=$(head -c 12 /dev/$d)"
+  printf 'written-by-guest' | dd of=/dev/$d bs=4096 seek=1 conv=fsync 2>/dev/null
+  echo "disk $d write-status=$?"
+done
+echo BLOCK-TEST-DONE
+reboot -f
+"#;
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn guest_writes_reach_the_disk_file_and_a_read_only_disk_refuses_them() {
+    // Outside /tmp, so the files are the same whether or not the test runs in the lab.
+    let dir = tempfile::Builder::new()
+        .prefix("vmm-blk")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static at /bin/busybox");
+    let initramfs = dir.path().join("initramfs.cpio");
+    let mut entries: Vec<(String, Node<'_>)> = vec![
+        ("bin".into(), Node::Dir),
+        ("dev".into(), Node::Dir),
+        ("sys".into(), Node::Dir),
+        // The kernel opens it for /init's stdio before anything is mounted.
+        ("dev/console".into(), Node::CharDev(5, 1)),
+        ("bin/busybox".into(), Node::File(&busybox)),
+        ("init".into(), Node::File(BLOCK_INIT.as_bytes())),
+    ];
+    for applet in ["sh", "mount", "cat", "head", "printf", "dd", "reboot"] {
+        entries.push((format!("bin/{applet}"), Node::Symlink("busybox")));
+    }
+    write_initramfs(&initramfs, &entries);
+
+    // Two 1 MiB disks, each with its own label at offset 0: vda writable, vdb read-only.
+    let disk = |name: &str, label: &[u8]| {
+        let path = dir.path().join(name);
+        let mut bytes = vec![0u8; 1 << 20];
+        bytes[..label.len()].copy_from_slice(label);
+        std::fs::write(&path, &bytes).unwrap();
+        (path, bytes)
+    };
+    let (rw, rw_before) = disk("rw.img", b"HOST-RW-DISK");
+    let (ro, ro_before) = disk("ro.img", b"HOST-RO-DISK");
+
+    let serial = dir.path().join("serial.log");
+    let out = Command::new(env!("CARGO_BIN_EXE_sandbox-vmm"))
+        .arg("--kernel")
+        .arg(guest_file("vmlinux"))
+        .arg("--initrd")
+        .arg(&initramfs)
+        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 quiet"])
+        .args(["--memory", "128", "--serial"])
+        .arg(&serial)
+        .arg("--block")
+        .arg(&rw)
+        .arg("--block")
+        .arg(format!("{},ro", ro.display()))
+        .output()
+        .unwrap();
+    let console = std::fs::read_to_string(&serial).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{console}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(console.contains("BLOCK-TEST-DONE"), "{console}");
+
+    // The guest reads what the host put there and sees which disk is read-only.
+    assert!(
+        console.contains("disk vda ro=0 head=HOST-RW-DISK"),
+        "{console}"
+    );
+    assert!(
+        console.contains("disk vdb ro=1 head=HOST-RO-DISK"),
+        "{console}"
+    );
+    // The write to vda lands at 4 KiB in the file, and nothing else changes.
+    assert!(console.contains("disk vda write-status=0"), "{console}");
+    let mut rw_expected = rw_before;
+    rw_expected[4096..4096 + 16].copy_from_slice(b"written-by-guest");
+    let rw_after = std::fs::read(&rw).unwrap();
+    assert_eq!(rw_after.len(), rw_expected.len());
+    assert!(
+        rw_after == rw_expected,
+        "rw.img differs: bytes at 4 KiB are {:?}",
+        String::from_utf8_lossy(&rw_after[4096..4096 + 32])
+    );
+    // The write to the read-only vdb fails and its file is untouched.
+    assert!(!console.contains("disk vdb write-status=0"), "{console}");
+    assert!(console.contains("disk vdb write-status="), "{console}");
+    assert!(std::fs::read(&ro).unwrap() == ro_before, "ro.img changed");
+}

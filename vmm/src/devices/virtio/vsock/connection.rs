@@ -7,6 +7,8 @@ use std::net::Shutdown;
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
 
+use tracing::debug;
+
 use super::packet::{op, Packet, PacketHeader, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{CONN_BUF_SIZE, HOST_CID};
 
@@ -241,7 +243,15 @@ impl Connection {
             self.credit_requested = false;
         }
         match (pkt.hdr.op, self.state) {
-            (op::RST, _) => return Ok(true),
+            (op::RST, _) => {
+                debug!(
+                    local_port = self.local_port,
+                    peer_port = self.peer_port,
+                    buffered = self.tx_buf.len(),
+                    "vsock: guest reset the connection"
+                );
+                return Ok(true);
+            }
             (op::RESPONSE, ConnState::HostInit) => {
                 self.state = ConnState::Established;
                 self.pending_ok = true;
@@ -252,6 +262,13 @@ impl Connection {
             (op::CREDIT_REQUEST, ConnState::Established) => self.pending_credit_update = true,
             (op::SHUTDOWN, ConnState::Established) => {
                 self.peer_shutdown |= pkt.hdr.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
+                debug!(
+                    local_port = self.local_port,
+                    peer_port = self.peer_port,
+                    flags = pkt.hdr.flags,
+                    buffered = self.tx_buf.len(),
+                    "vsock: guest shut down"
+                );
                 return Ok(self.try_finish_shutdown());
             }
             (op, state) => return Err(ConnError::UnexpectedOp(op, state)),
@@ -263,7 +280,13 @@ impl Connection {
     /// half-close on; when both directions are shut, reset (what Linux waits for).
     fn try_finish_shutdown(&mut self) -> bool {
         if self.peer_shutdown & SHUTDOWN_SEND != 0 && self.tx_buf.is_empty() {
-            let _ = self.stream.shutdown(Shutdown::Write);
+            let res = self.stream.shutdown(Shutdown::Write);
+            debug!(
+                local_port = self.local_port,
+                peer_port = self.peer_port,
+                ok = res.is_ok(),
+                "vsock: host socket half-closed"
+            );
             if self.peer_shutdown & SHUTDOWN_RCV != 0 {
                 self.kill();
             }

@@ -7,9 +7,11 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{ConnState, Connection};
 use super::packet::{op, Packet, PacketHeader, TYPE_STREAM};
@@ -19,6 +21,10 @@ use super::{HOST_CID, MAX_CONNECTIONS};
 const MAX_CONNECT_LINE: usize = 32;
 /// First port handed to host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
+/// How long the guest has to answer a host CONNECT before the host is turned away, so a
+/// guest with nobody listening (or no driver) cannot leave the host waiting (Firecracker's
+/// figure).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors of muxer set-up.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +36,8 @@ pub enum MuxerError {
     },
     #[error("cannot create the vsock epoll instance: {0}")]
     Epoll(std::io::Error),
+    #[error("cannot create the vsock connect timer: {0}")]
+    Timer(std::io::Error),
 }
 
 /// (local port, peer port): identifies a connection.
@@ -62,6 +70,12 @@ pub struct VsockMuxer {
     interest: HashMap<RawFd, EventSet>,
     rx_queue: VecDeque<RxItem>,
     next_local_port: u32,
+    /// Fires at the first deadline of `connect_deadlines`.
+    connect_timer: TimerFd,
+    connect_timeout: Duration,
+    /// Host-initiated connections by deadline (the timeout is fixed, so pushing keeps the
+    /// order); entries whose connection was answered or closed are skipped when they expire.
+    connect_deadlines: VecDeque<(Instant, ConnKey)>,
 }
 
 impl VsockMuxer {
@@ -80,14 +94,16 @@ impl VsockMuxer {
         let listener = UnixListener::bind(path).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
-        let fd = listener.as_raw_fd();
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, fd as u64),
-            )
-            .map_err(MuxerError::Epoll)?;
+        let connect_timer = TimerFd::new().map_err(|e| MuxerError::Timer(errno_to_io(e)))?;
+        for fd in [listener.as_raw_fd(), connect_timer.as_raw_fd()] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, fd as u64),
+                )
+                .map_err(MuxerError::Epoll)?;
+        }
         Ok(Self {
             guest_cid,
             path: path.to_owned(),
@@ -99,6 +115,9 @@ impl VsockMuxer {
             interest: HashMap::new(),
             rx_queue: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
+            connect_timer,
+            connect_timeout: CONNECT_TIMEOUT,
+            connect_deadlines: VecDeque::new(),
         })
     }
 
@@ -132,6 +151,8 @@ impl VsockMuxer {
             let set = ev.event_set();
             if fd == self.listener.as_raw_fd() {
                 self.accept_hosts();
+            } else if fd == self.connect_timer.as_raw_fd() {
+                self.expire_connects();
             } else if self.pending_hosts.contains_key(&fd) {
                 self.read_connect_line(fd);
             } else if let Some(&key) = self.fd_keys.get(&fd) {
@@ -205,6 +226,47 @@ impl VsockMuxer {
         let conn = Connection::from_host(pending.stream, self.guest_cid, local_port, peer_port);
         debug!(local_port, peer_port, "vsock: host connects to the guest");
         self.insert_conn(conn);
+        let deadline = Instant::now() + self.connect_timeout;
+        self.connect_deadlines
+            .push_back((deadline, (local_port, peer_port)));
+        if self.connect_deadlines.len() == 1 {
+            self.arm_connect_timer(deadline);
+        }
+    }
+
+    fn arm_connect_timer(&mut self, deadline: Instant) {
+        // A zero duration would disarm the timer: wait at least a little.
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        if let Err(e) = self.connect_timer.reset(wait, None) {
+            warn!(error = %e, "vsock: cannot arm the connect timer");
+        }
+    }
+
+    /// Resets host-initiated connections the guest left unanswered past their deadline.
+    fn expire_connects(&mut self) {
+        // Readable, so this does not block; it re-arms the level-triggered event.
+        let _ = self.connect_timer.wait();
+        let now = Instant::now();
+        while let Some(&(deadline, key)) = self.connect_deadlines.front() {
+            if deadline > now {
+                self.arm_connect_timer(deadline);
+                return;
+            }
+            self.connect_deadlines.pop_front();
+            if let Some(conn) = self.conns.get_mut(&key) {
+                if conn.state == ConnState::HostInit {
+                    warn!(
+                        local_port = key.0,
+                        peer_port = key.1,
+                        "vsock: the guest did not answer a host CONNECT in time"
+                    );
+                    conn.kill();
+                    self.refresh(key);
+                }
+            }
+        }
     }
 
     fn allocate_local_port(&mut self, peer_port: u32) -> u32 {
@@ -232,6 +294,11 @@ impl VsockMuxer {
 
     fn remove_conn(&mut self, key: ConnKey) {
         if let Some(conn) = self.conns.remove(&key) {
+            debug!(
+                local_port = key.0,
+                peer_port = key.1,
+                "vsock: connection closed"
+            );
             let fd = conn.stream.as_raw_fd();
             if self.interest.remove(&fd).is_some() {
                 self.epoll_ctl(ControlOperation::Delete, fd, EventSet::empty());
@@ -248,6 +315,12 @@ impl VsockMuxer {
         if set.intersects(EventSet::HANG_UP | EventSet::ERROR) {
             // Level-triggered HUP would fire forever: stop polling, and let the reads
             // of the RX path find the end of the stream.
+            debug!(
+                local_port = key.0,
+                peer_port = key.1,
+                ?set,
+                "vsock: host socket hung up"
+            );
             conn.host_readable = true;
             if self.interest.remove(&fd).is_some() {
                 epoll_ctl(&self.epoll, ControlOperation::Delete, fd, EventSet::empty());
@@ -396,6 +469,10 @@ impl VsockMuxer {
             self.remove_conn(key);
         }
         self.rx_queue.clear();
+        self.connect_deadlines.clear();
+        if let Err(e) = self.connect_timer.clear() {
+            warn!(error = %e, "vsock: cannot disarm the connect timer");
+        }
     }
 
     /// The state of a connection, for tests and diagnostics.
@@ -421,6 +498,10 @@ fn epoll_ctl(epoll: &Epoll, op: ControlOperation, fd: RawFd, set: EventSet) {
     if let Err(e) = epoll.ctl(op, fd, EpollEvent::new(set, fd as u64)) {
         warn!(fd, error = %e, "vsock: epoll_ctl failed");
     }
+}
+
+fn errno_to_io(e: vmm_sys_util::errno::Error) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e.errno())
 }
 
 /// Parses `CONNECT <port>` (the newline already stripped).
@@ -655,6 +736,113 @@ mod tests {
         }
         assert!(reset);
         assert_eq!(m.connection_count(), 0);
+    }
+
+    /// Reads what the host socket has without blocking, until EOF; `None` while open.
+    fn host_read_available(host: &mut UnixStream, out: &mut Vec<u8>) -> Option<()> {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match host.read(&mut buf) {
+                Ok(0) => return Some(()),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
+                Err(e) => panic!("host read failed: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn guest_close_with_data_still_buffered_ends_the_host_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(&dir);
+        let (mut host, hp) = host_connect(&mut m, 65536);
+        host.set_nonblocking(true).unwrap();
+        // The host reads nothing yet: the guest sends until the host socket is full and
+        // our buffer holds the rest, staying within the credit we grant.
+        let mut sent = 0usize;
+        let mut fwd_cnt_seen = 0u32;
+        let mut expected = Vec::new();
+        loop {
+            while let Some(p) = m.recv_pkt(4096) {
+                assert_ne!(p.hdr.op, op::RST);
+                fwd_cnt_seen = fwd_cnt_seen.max(p.hdr.fwd_cnt);
+            }
+            let credit = CONN_BUF_SIZE as usize - (sent - fwd_cnt_seen as usize);
+            if credit == 0 {
+                break;
+            }
+            let chunk: Vec<u8> = (0..credit.min(32 << 10))
+                .map(|i| ((sent + i) % 253) as u8)
+                .collect();
+            m.send_pkt(&guest_pkt(op::RW, 1024, hp, &chunk, 65536, 0));
+            expected.extend_from_slice(&chunk);
+            sent += chunk.len();
+        }
+        assert!(sent > CONN_BUF_SIZE as usize, "the host socket took some");
+        // shutdown(SHUT_WR) then close() in the guest, while bytes are still buffered.
+        let mut shut = guest_pkt(op::SHUTDOWN, 1024, hp, &[], 65536, 0);
+        shut.hdr.flags = SHUTDOWN_SEND;
+        m.send_pkt(&shut);
+        shut.hdr.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+        m.send_pkt(&shut);
+        assert_eq!(m.connection_count(), 1, "buffered bytes keep it alive");
+
+        // Now the host reads: it gets every byte, then the end of the stream, and the
+        // guest gets its RST.
+        let mut got = Vec::new();
+        let mut rst = false;
+        let mut eof = false;
+        for _ in 0..10_000 {
+            eof = host_read_available(&mut host, &mut got).is_some();
+            m.process_events();
+            while let Some(p) = m.recv_pkt(4096) {
+                rst |= p.hdr.op == op::RST;
+            }
+            if eof && rst {
+                break;
+            }
+        }
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "host got different bytes");
+        assert!(eof, "the host saw the end of the stream");
+        assert!(rst, "the guest got its RST");
+        assert_eq!(m.connection_count(), 0);
+    }
+
+    #[test]
+    fn host_connect_the_guest_never_answers_is_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = muxer(&dir);
+        m.connect_timeout = Duration::from_millis(20);
+        // One connection the guest answers; it outlives its deadline untouched.
+        let (_answered, hp) = host_connect(&mut m, 65536);
+        let mut host = UnixStream::connect(m.path()).unwrap();
+        host.write_all(b"CONNECT 1024\n").unwrap();
+        assert!(pump(&mut m));
+        let req = m.recv_pkt(4096).unwrap();
+        assert_eq!(req.hdr.op, op::REQUEST);
+        // The guest stays silent: once the timer fires the guest gets a RST for it.
+        let mut rst = None;
+        for _ in 0..1000 {
+            m.process_events();
+            if let Some(p) = m.recv_pkt(4096) {
+                rst = Some(p);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let rst = rst.expect("the unanswered CONNECT is reset");
+        assert_eq!(rst.hdr.op, op::RST);
+        assert_eq!(
+            (rst.hdr.src_port, rst.hdr.dst_port),
+            (req.hdr.src_port, 1024)
+        );
+        // The host is turned away without an OK line, and the answered one lives on.
+        let mut buf = [0u8; 8];
+        assert_eq!(host.read(&mut buf).unwrap(), 0);
+        assert_eq!(m.connection_count(), 1);
+        assert_eq!(m.conn_state(hp, 1024), Some(ConnState::Established));
+        assert!(m.recv_pkt(4096).is_none());
     }
 
     #[test]
