@@ -15,7 +15,7 @@ use crate::setup;
 /// What the demo container runs.
 const SCRIPT: &str = "echo \"hello from container $(hostname) in a microVM\"; \
     echo \"guest kernel: $(uname -r)\"; echo \"processes it sees:\"; ps -o pid,args; \
-    echo \"its root: $(ls /)\"";
+    echo its root: $(ls /)";
 
 #[derive(clap::Args)]
 pub struct Args {

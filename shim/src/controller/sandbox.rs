@@ -112,6 +112,7 @@ impl Sandbox {
         bundle: &Path,
         stdio: StdioSet,
         phases: &mut Phases,
+        fwd: Option<&Forwarder>,
     ) -> Result<Created, Error> {
         let spec = BundleSpec::load(bundle)?;
         let dir = self.root.reserve(id)?;
@@ -147,11 +148,22 @@ impl Sandbox {
             self.root.save(&record)?;
             phases.mark("image");
             let v = vmm.insert(Vmm::spawn(&self.cfg, &paths, &record.image)?);
+            if let Some(f) = fwd {
+                f.booting(v.pid);
+            }
             record.pid = v.pid;
             record.vmm_start_time = v.start_time;
             self.root.save(&record)?;
             phases.mark("vmm spawn");
-            let client = v.wait_for_agent(&paths, self.cfg.agent_timeout)?;
+            let client = v
+                .wait_for_agent(&paths, self.cfg.agent_timeout)
+                .map_err(|e| match fwd.and_then(Forwarder::interrupted) {
+                    Some(sig) => Error::Container {
+                        id: id.to_string(),
+                        reason: format!("start interrupted by {sig}"),
+                    },
+                    None => e.into(),
+                })?;
             phases.mark("agent ready");
             client.create_sandbox(id, id, &[], &[])?;
             let rootfs = RootfsDevice {
@@ -200,7 +212,7 @@ impl Sandbox {
                 reason: "process.terminal is true: a detached container cannot have a terminal in the microVM backend (run it in the foreground)".into(),
             });
         }
-        let created = self.create_vm(id, bundle, StdioSet::default(), &mut phases)?;
+        let created = self.create_vm(id, bundle, StdioSet::default(), &mut phases, None)?;
         created.vmm.detach();
         Ok(created.record)
     }
@@ -233,6 +245,7 @@ impl Sandbox {
             what: "blocking signals".into(),
             source: e.into(),
         })?;
+        let fwd = Forwarder::spawn(sigset);
         let mut phases = Phases::new(self.cfg.debug);
         let spec = BundleSpec::load(bundle)?;
         let stdio_set = if spec.terminal {
@@ -248,7 +261,7 @@ impl Sandbox {
             mut record,
             mut vmm,
             client,
-        } = self.create_vm(id, bundle, stdio_set, &mut phases)?;
+        } = self.create_vm(id, bundle, stdio_set, &mut phases, Some(&fwd))?;
         let result = (|| {
             if let Some(path) = pid_file {
                 write_pid_file(path, record.pid)?;
@@ -263,7 +276,7 @@ impl Sandbox {
             record.status = Status::Running;
             self.root.save(&record)?;
             phases.mark("start");
-            forward_signals(sigset, &client, id, "", spec.terminal);
+            fwd.started(&client, id, "", spec.terminal);
             let status = client.wait_process(id, "")?;
             attached.finish();
             drop(raw);
@@ -309,7 +322,7 @@ impl Sandbox {
             None
         };
         let attached = stdio::attach(&client, id, &exec_id, terminal)?;
-        forward_signals(sigset, &client, id, &exec_id, terminal);
+        Forwarder::spawn(sigset).started(&client, id, &exec_id, terminal);
         let status = client.wait_process(id, &exec_id)?;
         attached.finish();
         drop(raw);
@@ -435,34 +448,101 @@ fn stdout_fd() -> BorrowedFd<'static> {
     unsafe { BorrowedFd::borrow_raw(1) }
 }
 
-/// Sends the current window size, then forwards signals: SIGWINCH as a resize (with a
-/// terminal), every other one to the process.
-fn forward_signals(
-    set: nix::sys::signal::SigSet,
-    client: &AgentClient,
-    id: &str,
-    exec_id: &str,
+/// Where the signals of a foreground command go: while the VM boots, SIGINT, SIGTERM, SIGHUP
+/// and SIGQUIT kill the VMM (the start then fails and cleans up); once the process runs, every
+/// signal is forwarded to it and SIGWINCH resizes its terminal.
+pub struct Forwarder {
+    state: std::sync::Arc<std::sync::Mutex<Forwarding>>,
+}
+
+#[derive(Default)]
+struct Forwarding {
+    vmm_pid: i32,
+    interrupted: Option<Signal>,
+    target: Option<Target>,
+}
+
+struct Target {
+    client: AgentClient,
+    id: String,
+    exec_id: String,
     terminal: bool,
-) {
-    let resize = {
-        let (client, id, exec_id) = (client.clone(), id.to_string(), exec_id.to_string());
-        move || {
-            if let Some((rows, cols)) = window_size(stdout_fd()).or(window_size(stdin_fd())) {
-                let _ = client.resize_tty(&id, &exec_id, rows, cols);
-            }
+}
+
+impl Target {
+    fn resize(&self) {
+        if let Some((rows, cols)) = window_size(stdout_fd()).or(window_size(stdin_fd())) {
+            let _ = self.client.resize_tty(&self.id, &self.exec_id, rows, cols);
         }
-    };
-    if terminal {
-        resize();
     }
-    let (client, id, exec_id) = (client.clone(), id.to_string(), exec_id.to_string());
-    signals::spawn_forwarder(set, move |sig| {
-        if sig == Signal::SIGWINCH {
-            if terminal {
-                resize();
+}
+
+impl Forwarder {
+    /// Takes the (blocked) signals of `set` from now on.
+    pub fn spawn(set: nix::sys::signal::SigSet) -> Forwarder {
+        let state = std::sync::Arc::new(std::sync::Mutex::new(Forwarding::default()));
+        let shared = state.clone();
+        signals::spawn_forwarder(set, move |sig| {
+            let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
+            match (&st.target, sig) {
+                (Some(t), Signal::SIGWINCH) => {
+                    if t.terminal {
+                        t.resize();
+                    }
+                }
+                (Some(t), _) => {
+                    if let Err(e) = t
+                        .client
+                        .signal_process(&t.id, &t.exec_id, sig as i32, false)
+                    {
+                        tracing::debug!("forwarding {sig}: {e}");
+                    }
+                }
+                (None, Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP | Signal::SIGQUIT) => {
+                    st.interrupted = Some(sig);
+                    kill_vmm(st.vmm_pid);
+                }
+                (None, _) => {}
             }
-        } else if let Err(e) = client.signal_process(&id, &exec_id, sig as i32, false) {
-            tracing::debug!("forwarding {sig}: {e}");
+        });
+        Forwarder { state }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Forwarding> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The VMM is up: an interruption from now on kills it (at once if one came already).
+    fn booting(&self, vmm_pid: i32) {
+        let mut st = self.lock();
+        st.vmm_pid = vmm_pid;
+        if st.interrupted.is_some() {
+            kill_vmm(vmm_pid);
         }
-    });
+    }
+
+    /// The signal that interrupted the start, if any.
+    fn interrupted(&self) -> Option<Signal> {
+        self.lock().interrupted
+    }
+
+    /// The process runs: send the window size, then forward everything to it.
+    pub fn started(&self, client: &AgentClient, id: &str, exec_id: &str, terminal: bool) {
+        let target = Target {
+            client: client.clone(),
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            terminal,
+        };
+        if terminal {
+            target.resize();
+        }
+        self.lock().target = Some(target);
+    }
+}
+
+fn kill_vmm(pid: i32) {
+    if pid > 0 {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
 }
