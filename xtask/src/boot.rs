@@ -77,14 +77,23 @@ pub fn run(args: Args) -> Result<()> {
 
 /// `cargo build --release -p vmm`, with the cargo that runs us.
 pub fn build_vmm() -> Result<()> {
+    build_release(&[("vmm", "sandbox-vmm")])
+}
+
+/// Builds release binaries, given as (package, binary) pairs, in one cargo call.
+pub fn build_release(bins: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "vmm", "--bin", "sandbox-vmm"])
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release"]);
+    for (package, bin) in bins {
+        cmd.args(["-p", package, "--bin", bin]);
+    }
+    let status = cmd
         .current_dir(artifacts::workspace_root())
         .status()
-        .context("running cargo build -p vmm")?;
+        .context("running cargo build --release")?;
     if !status.success() {
-        bail!("cargo build --release -p vmm failed ({status})");
+        bail!("cargo build --release of {bins:?} failed ({status})");
     }
     Ok(())
 }

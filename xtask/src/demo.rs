@@ -96,16 +96,6 @@ fn show(argv: &[OsString]) -> String {
 
 /// `cargo build --release -p vmm -p shim` (the binaries `sandbox-vmm` and `sandbox`).
 fn build_binaries() -> Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("==> cargo build --release -p vmm -p shim");
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "vmm", "--bin", "sandbox-vmm"])
-        .args(["-p", "shim", "--bin", "sandbox"])
-        .current_dir(artifacts::workspace_root())
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build --release -p vmm -p shim failed ({status})");
-    }
-    Ok(())
+    crate::boot::build_release(&[("vmm", "sandbox-vmm"), ("shim", "sandbox")])
 }

@@ -291,8 +291,9 @@ fn lab_tests(root: &Path, selection: &[String], timeout: u64) -> Result<Phase> {
     std::fs::write(&script, lab_script(&binaries))
         .with_context(|| format!("writing {}", script.display()))?;
 
-    // Lab tests start our VMM: build it, and tell them where it and the guest are.
-    if let Err(e) = crate::boot::build_vmm() {
+    // Lab tests start our VMM and CLI: build them, and tell the tests where they and the
+    // guest are.
+    if let Err(e) = crate::boot::build_release(&[("vmm", "sandbox-vmm"), ("shim", "sandbox")]) {
         eprintln!("{e:#}");
         return Ok(Phase {
             name: "lab",
@@ -332,6 +333,7 @@ fn test_inputs() -> Vec<(OsString, OsString)> {
     let guest = artifacts::guest_dir();
     [
         ("SANDBOX_VMM", target.join("release").join("sandbox-vmm")),
+        ("SANDBOX_BIN", target.join("release").join("sandbox")),
         ("SANDBOX_VMLINUX", guest.join("vmlinux")),
         ("SANDBOX_INITRAMFS", guest.join("initramfs.cpio")),
     ]
