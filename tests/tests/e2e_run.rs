@@ -118,8 +118,14 @@ impl Env {
     /// command running the container) ends first.
     fn wait_status(&self, id: &str, want: &str, mut cli: Option<&mut Child>) -> Value {
         loop {
-            if let Some(status) = cli.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("sandbox run {id} ended ({status}) before {id} was {want}");
+            if let Some(cli) = cli.as_mut() {
+                if let Some(status) = cli.try_wait().unwrap() {
+                    let mut stderr = String::new();
+                    if let Some(mut e) = cli.stderr.take() {
+                        let _ = e.read_to_string(&mut stderr);
+                    }
+                    panic!("sandbox run {id} ended ({status}) before {id} was {want}: {stderr}");
+                }
             }
             let out = self.sandbox(&["state", id]);
             if out.status.success() {
@@ -510,6 +516,16 @@ fn tty_reports_its_size_and_follows_resizes() {
         .spawn()
         .unwrap();
     drop(pty.slave);
+    // A stalled terminal must fail the test, not hang the lab run: after the limit the CLI
+    // is killed, its side of the pty closes and the reads below see the end.
+    let cli = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(120)).is_err() {
+            eprintln!("tty test: no progress in 120 s, killing the CLI");
+            let _ = nix::sys::signal::kill(cli, nix::sys::signal::Signal::SIGKILL);
+        }
+    });
     let mut master = fs::File::from(pty.master);
     let mut seen = String::new();
     let read_until = |master: &mut fs::File, want: &str, seen: &mut String| {
@@ -543,6 +559,8 @@ fn tty_reports_its_size_and_follows_resizes() {
     // EOF ends the loop and the container.
     master.write_all(&[4]).unwrap();
     let status = child.wait().unwrap();
+    let _ = done_tx.send(());
+    watchdog.join().unwrap();
     assert_eq!(status.code(), Some(0), "{seen}");
     env.assert_clean();
 }
