@@ -245,7 +245,7 @@ fn lab_script(binaries: &[TestBinary]) -> String {
              {{ cd {dir} && {bin} --ignored --test-threads=1 --color=never; echo $? > \"$log.rc\"; }} 2>&1 | tee \"$log\"\n\
              r=$(cat \"$log.rc\")\n\
              if [ \"$r\" != 0 ]; then\n\
-             \x20 failed=$(sed -n 's/^test \\(.*\\) \\.\\.\\. FAILED$/\\1/p' \"$log\")\n\
+             \x20 failed=$(awk '/^failures:$/ {{n = \"\"}} /^    [^ ]+$/ {{n = n \" \" $1}} /^test result:/ {{print n}}' \"$log\" | tail -n 1)\n\
              \x20 again=0\n\
              \x20 for t in $failed; do\n\
              \x20   if (cd {dir} && {bin} --ignored --exact \"$t\" --test-threads=1 --color=never > \"$log.retry\" 2>&1); then\n\
@@ -427,7 +427,9 @@ mod tests {
             &bin,
             format!(
                 "#!/bin/sh\ncase \"$*\" in *--exact*) exit {retry_rc};; esac\n\
-                 echo 'test a ... FAILED'; echo 'test b ... ok'\n\
+                 echo 'test a ... noise from a child on stderr'; echo FAILED; echo 'test b ... ok'\n\
+                 echo; echo 'failures:'; echo; echo '---- a stdout ----'; echo 'panicked'\n\
+                 echo; echo 'failures:'; echo '    a'; echo\n\
                  echo 'test result: FAILED. 1 passed; 1 failed; 0 ignored'; exit 101\n"
             ),
         )

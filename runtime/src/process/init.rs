@@ -72,10 +72,10 @@ pub(crate) fn intermediate(args: InitArgs) -> ! {
             let code = match init(&args, &list) {
                 Ok(never) => match never {},
                 Err(e) => {
-                    // The creator reports the error; print it only if nobody listens anymore.
-                    if args.chan.send(&Msg::Error(e.clone())).is_err() {
-                        eprintln!("sandbox init: {e}");
-                    }
+                    // The creator reports the error, as one line. A failed send means the
+                    // creator is gone or already saw the error: printing here too would give
+                    // the user a second, racing line.
+                    let _ = args.chan.send(&Msg::Error(e));
                     1
                 }
             };
