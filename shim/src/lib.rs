@@ -2,4 +2,5 @@
 pub mod agent_client;
 pub mod cli;
 pub mod controller;
+pub mod shimv2;
 pub mod vsock;

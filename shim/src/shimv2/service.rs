@@ -1,0 +1,736 @@
+//! The Task API containerd calls: each task is a container in a microVM (or, for a pod's
+//! pause container, a placeholder that needs no VM); each call maps to the agent API.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use containerd_shim::api;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::{Task, TtrpcContext, TtrpcResult};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::ttrpc::{self, Code};
+
+use crate::agent_client::{self, AgentClient};
+use crate::controller::Sandbox;
+
+use super::events::{Event, Events};
+use super::io::{self, Relays};
+use super::pod::{self, Role};
+use super::process::{self, Exit, Process, Status, StdioPaths};
+use super::rootfs;
+
+/// Exit status reported when the VM went away before the process's exit was known.
+const LOST_EXIT_STATUS: u32 = 255;
+
+/// How a task runs.
+enum Backend {
+    /// In its own microVM, reached through this client.
+    Vm(AgentClient),
+    /// A pod's pause container: nothing runs; it "exits" when killed.
+    Placeholder,
+}
+
+/// One task: a container and its exec processes.
+struct Task_ {
+    bundle: PathBuf,
+    backend: Backend,
+    init: Process,
+    execs: HashMap<String, Process>,
+    /// Whether we mounted containerd's rootfs at `<bundle>/rootfs`.
+    rootfs_mounted: bool,
+}
+
+/// The shim's Task service.
+#[derive(Clone)]
+pub struct Service {
+    sandbox: Arc<Sandbox>,
+    events: Events,
+    tasks: Arc<Mutex<HashMap<String, Task_>>>,
+    exit: Arc<ExitSignal>,
+}
+
+fn error(code: Code, msg: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
+}
+
+fn not_found(id: &str, exec_id: &str) -> ttrpc::Error {
+    if exec_id.is_empty() {
+        error(Code::NOT_FOUND, format!("task {id} not found"))
+    } else {
+        error(
+            Code::NOT_FOUND,
+            format!("process {exec_id} of task {id} not found"),
+        )
+    }
+}
+
+/// An agent error as a ttrpc status, keeping the agent's code where it answered.
+fn agent_error(what: &str, e: agent_client::Error) -> ttrpc::Error {
+    let code = match e.code() {
+        Some(Code::FAILED_PRECONDITION) => Code::FAILED_PRECONDITION,
+        Some(Code::NOT_FOUND) => Code::NOT_FOUND,
+        Some(Code::INVALID_ARGUMENT) => Code::INVALID_ARGUMENT,
+        Some(Code::ALREADY_EXISTS) => Code::ALREADY_EXISTS,
+        _ => Code::INTERNAL,
+    };
+    error(code, format!("{what}: {e}"))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ttrpc::Error> + Send + 'static,
+) -> Result<T, ttrpc::Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| error(Code::INTERNAL, format!("worker thread: {e}")))?
+}
+
+fn stdio_of(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> StdioPaths {
+    StdioPaths {
+        stdin: stdin.to_string(),
+        stdout: stdout.to_string(),
+        stderr: stderr.to_string(),
+        terminal,
+    }
+}
+
+impl Service {
+    pub fn new(sandbox: Sandbox, events: Events, exit: Arc<ExitSignal>) -> Service {
+        Service {
+            sandbox: Arc::new(sandbox),
+            events,
+            tasks: Arc::new(Mutex::new(HashMap::new())),
+            exit,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Task_>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The agent client of a task running in a VM.
+    fn client(&self, id: &str) -> Result<Option<AgentClient>, ttrpc::Error> {
+        let tasks = self.lock();
+        let task = tasks.get(id).ok_or_else(|| not_found(id, ""))?;
+        Ok(match &task.backend {
+            Backend::Vm(c) => Some(c.clone()),
+            Backend::Placeholder => None,
+        })
+    }
+
+    /// Runs `f` on the process (id, exec_id).
+    fn with_process<T>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&mut Process) -> T,
+    ) -> Result<T, ttrpc::Error> {
+        let mut tasks = self.lock();
+        let task = tasks.get_mut(id).ok_or_else(|| not_found(id, ""))?;
+        let p = if exec_id.is_empty() {
+            &mut task.init
+        } else {
+            task.execs
+                .get_mut(exec_id)
+                .ok_or_else(|| not_found(id, exec_id))?
+        };
+        Ok(f(p))
+    }
+
+    /// Waits (on a blocking thread) for the process to end in the guest, drains its output,
+    /// then publishes TaskExit before any waiter learns of the exit.
+    fn watch_exit(&self, client: AgentClient, id: String, exec_id: String, relays: Relays) {
+        let svc = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let status = match client.wait_process(&id, &exec_id) {
+                Ok(s) => s.code() as u32,
+                Err(e) => {
+                    log::warn!("waiting for {id}/{exec_id}: {e}");
+                    LOST_EXIT_STATUS
+                }
+            };
+            relays.drain();
+            svc.exited(&id, &exec_id, Exit::new(status));
+        });
+    }
+
+    /// Records an exit and publishes it (once).
+    fn exited(&self, id: &str, exec_id: &str, exit: Exit) {
+        let mut tasks = self.lock();
+        let Some(task) = tasks.get_mut(id) else {
+            return;
+        };
+        let p = if exec_id.is_empty() {
+            &mut task.init
+        } else {
+            match task.execs.get_mut(exec_id) {
+                Some(p) => p,
+                None => return,
+            }
+        };
+        if p.exit().is_some() {
+            return;
+        }
+        // Queued while the lock is held, so TaskExit precedes anything a waiter does next.
+        self.events.send(Event::Exit {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            pid: p.pid,
+            exit: exit.clone(),
+        });
+        p.set_exit(exit);
+    }
+
+    async fn create_task(
+        &self,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let id = req.id.clone();
+        if self.lock().contains_key(&id) {
+            return Err(error(
+                Code::ALREADY_EXISTS,
+                format!("task {id} already exists"),
+            ));
+        }
+        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
+            return Err(error(
+                Code::UNIMPLEMENTED,
+                "checkpoint/restore is not supported by the microVM runtime",
+            ));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let stdio = stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        let spec =
+            pod::read_spec(&bundle).map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let mounts: Vec<rootfs::Mount> = req.rootfs.iter().map(rootfs::Mount::from_proto).collect();
+        let rootfs_dir = bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs"));
+        let rootfs_mounted = !mounts.is_empty();
+        let role = Role::from_spec(&spec);
+        let sandbox = self.sandbox.clone();
+        let (backend, pid) = {
+            let bundle = bundle.clone();
+            let id = id.clone();
+            let stdio = stdio.clone();
+            blocking(move || {
+                rootfs::mount_all(&mounts, &rootfs_dir)
+                    .map_err(|e| error(Code::INTERNAL, e.to_string()))?;
+                let created = if role == Role::PodSandbox {
+                    Ok((Backend::Placeholder, std::process::id()))
+                } else {
+                    create_vm(&sandbox, &id, &bundle, &stdio)
+                };
+                if created.is_err() && rootfs_mounted {
+                    rootfs::unmount(&rootfs_dir);
+                }
+                created
+            })
+            .await?
+        };
+        let mut init = Process::new("", stdio.clone(), Vec::new());
+        init.pid = pid;
+        self.lock().insert(
+            id.clone(),
+            Task_ {
+                bundle: bundle.clone(),
+                backend,
+                init,
+                execs: HashMap::new(),
+                rootfs_mounted,
+            },
+        );
+        self.events.send(Event::Create {
+            id,
+            bundle: req.bundle.clone(),
+            stdio,
+            pid,
+        });
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start_process(&self, id: &str, exec_id: &str) -> TtrpcResult<api::StartResponse> {
+        let client = self.client(id)?;
+        let (stdio, spec, pid, status) = self.with_process(id, exec_id, |p| {
+            (p.stdio.clone(), p.spec.clone(), p.pid, p.status)
+        })?;
+        if status != Status::Created {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("process {id}/{exec_id} was already started"),
+            ));
+        }
+        let Some(client) = client else {
+            // The pause container: it "runs" until killed.
+            self.with_process(id, exec_id, |p| p.status = Status::Running)?;
+            self.events.send(Event::Start {
+                id: id.to_string(),
+                pid,
+            });
+            return Ok(api::StartResponse {
+                pid,
+                ..Default::default()
+            });
+        };
+        let (c, i, e) = (client.clone(), id.to_string(), exec_id.to_string());
+        let (pid, relays) = blocking(move || {
+            if e.is_empty() {
+                // Streams first: output written right after the start is never lost.
+                let relays = io::attach(&c, &i, "", &stdio)
+                    .map_err(|err| agent_error("attaching stdio", err))?;
+                c.start_container(&i)
+                    .map_err(|err| agent_error("StartContainer", err))?;
+                Ok((pid, relays))
+            } else {
+                let json = String::from_utf8_lossy(&spec).into_owned();
+                let pid = c
+                    .exec_process(&i, &e, &json, io::announced(&stdio), stdio.terminal)
+                    .map_err(|err| agent_error("ExecProcess", err))?;
+                let relays = io::attach(&c, &i, &e, &stdio)
+                    .map_err(|err| agent_error("attaching stdio", err))?;
+                Ok((pid, relays))
+            }
+        })
+        .await?;
+        self.with_process(id, exec_id, |p| {
+            p.pid = pid;
+            p.status = Status::Running;
+        })?;
+        self.events.send(if exec_id.is_empty() {
+            Event::Start {
+                id: id.to_string(),
+                pid,
+            }
+        } else {
+            Event::ExecStarted {
+                id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                pid,
+            }
+        });
+        self.watch_exit(client, id.to_string(), exec_id.to_string(), relays);
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn delete_process(&self, id: &str, exec_id: &str) -> TtrpcResult<api::DeleteResponse> {
+        if !exec_id.is_empty() {
+            let (pid, exit) = self.with_process(id, exec_id, |p| (p.pid, p.exit()))?;
+            let status = self.with_process(id, exec_id, |p| p.status)?;
+            if status == Status::Running {
+                return Err(error(
+                    Code::FAILED_PRECONDITION,
+                    format!("process {exec_id} of task {id} is still running"),
+                ));
+            }
+            if let Some(t) = self.lock().get_mut(id) {
+                t.execs.remove(exec_id);
+            }
+            let exit = exit.unwrap_or_else(|| Exit::new(0));
+            return Ok(api::DeleteResponse {
+                pid,
+                exit_status: exit.status,
+                exited_at: Some(exit.timestamp()).into(),
+                ..Default::default()
+            });
+        }
+        let (pid, exit, status) = self.with_process(id, "", |p| (p.pid, p.exit(), p.status))?;
+        if matches!(status, Status::Running | Status::Paused) {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("task {id} is still running: kill it first"),
+            ));
+        }
+        let Some(task) = self.lock().remove(id) else {
+            return Err(not_found(id, ""));
+        };
+        let sandbox = self.sandbox.clone();
+        let id_owned = id.to_string();
+        blocking(move || {
+            if let Backend::Vm(_) = task.backend {
+                remove_vm(&sandbox, &id_owned);
+            }
+            if task.rootfs_mounted {
+                rootfs::unmount(&task.bundle.join("rootfs"));
+            }
+            Ok(())
+        })
+        .await?;
+        let exit = exit.unwrap_or_else(|| Exit::new(0));
+        self.events.send(Event::Delete {
+            id: id.to_string(),
+            pid,
+            exit: exit.clone(),
+        });
+        Ok(api::DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: Some(exit.timestamp()).into(),
+            ..Default::default()
+        })
+    }
+}
+
+/// Boots the VM and creates the container in it, stdio announced.
+fn create_vm(
+    sandbox: &Sandbox,
+    id: &str,
+    bundle: &Path,
+    stdio: &StdioPaths,
+) -> Result<(Backend, u32), ttrpc::Error> {
+    let (_record, client, pid) = sandbox
+        .create_attached(id, bundle, io::announced(stdio))
+        .map_err(|e| error(Code::INTERNAL, format!("creating {id}: {e}")))?;
+    Ok((Backend::Vm(client), pid))
+}
+
+/// Stops a task's VM and removes its state; also reaps the VMM (our child).
+pub fn remove_vm(sandbox: &Sandbox, id: &str) {
+    let vmm_pid = sandbox.root().load(id).map(|r| r.pid).unwrap_or(0);
+    if let Err(e) = sandbox.delete(id, true) {
+        log::warn!("removing the VM of {id}: {e}");
+    }
+    if vmm_pid > 0 {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(vmm_pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
+}
+
+fn status_of(p: &Process) -> api::Status {
+    match p.status {
+        Status::Created => api::Status::CREATED,
+        Status::Running => api::Status::RUNNING,
+        Status::Paused => api::Status::PAUSED,
+        Status::Stopped => api::Status::STOPPED,
+    }
+}
+
+#[async_trait]
+impl Task for Service {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        log::info!("create {} bundle {}", req.id, req.bundle);
+        self.create_task(req).await
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        self.start_process(&req.id, &req.exec_id).await
+    }
+
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        let bundle = {
+            let tasks = self.lock();
+            let t = tasks.get(&req.id).ok_or_else(|| not_found(&req.id, ""))?;
+            t.bundle.display().to_string()
+        };
+        self.with_process(&req.id, &req.exec_id, |p| {
+            let exit = p.exit();
+            api::StateResponse {
+                id: if req.exec_id.is_empty() {
+                    req.id.clone()
+                } else {
+                    req.exec_id.clone()
+                },
+                bundle,
+                pid: p.pid,
+                status: status_of(p).into(),
+                stdin: p.stdio.stdin.clone(),
+                stdout: p.stdio.stdout.clone(),
+                stderr: p.stdio.stderr.clone(),
+                terminal: p.stdio.terminal,
+                exit_status: exit.as_ref().map_or(0, |e| e.status),
+                exited_at: exit.map(|e| e.timestamp()).into(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }
+        })
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
+        let Some(client) = self.client(&req.id)? else {
+            let pid = self.with_process(&req.id, "", |p| p.pid)?;
+            return Ok(api::PidsResponse {
+                processes: vec![containerd_shim_protos::types::task::ProcessInfo {
+                    pid,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        };
+        let id = req.id.clone();
+        let procs = blocking(move || {
+            client
+                .list_processes(&id)
+                .map_err(|e| agent_error("ListProcesses", e))
+        })
+        .await?;
+        Ok(api::PidsResponse {
+            processes: procs
+                .into_iter()
+                .map(|p| containerd_shim_protos::types::task::ProcessInfo {
+                    pid: p.pid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.client(&req.id)?;
+        Err(error(
+            Code::UNIMPLEMENTED,
+            format!(
+                "pause of {}: the microVM controller cannot pause yet",
+                req.id
+            ),
+        ))
+    }
+
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResumeRequest,
+    ) -> TtrpcResult<api::Empty> {
+        self.client(&req.id)?;
+        Err(error(
+            Code::UNIMPLEMENTED,
+            format!(
+                "resume of {}: the microVM controller cannot resume yet",
+                req.id
+            ),
+        ))
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let exit = self.with_process(&req.id, &req.exec_id, |p| p.exit())?;
+        if exit.is_some() {
+            return Err(error(
+                Code::NOT_FOUND,
+                format!("process {}/{} already finished", req.id, req.exec_id),
+            ));
+        }
+        let Some(client) = self.client(&req.id)? else {
+            // The pause container ends on any signal that would end `pause`.
+            if req.signal != libc::SIGCHLD as u32 && req.signal != libc::SIGWINCH as u32 {
+                self.exited(&req.id, "", Exit::new(128 + req.signal));
+            }
+            return Ok(api::Empty::default());
+        };
+        let status = self.with_process(&req.id, &req.exec_id, |p| p.status)?;
+        if status == Status::Created && req.exec_id.is_empty() {
+            // Never started: nothing runs in the guest yet; containerd expects it to end.
+            let (c, id) = (client.clone(), req.id.clone());
+            blocking(move || {
+                c.remove_container(&id, true)
+                    .map_err(|e| agent_error("RemoveContainer", e))
+            })
+            .await?;
+            self.exited(&req.id, "", Exit::new(128 + req.signal));
+            return Ok(api::Empty::default());
+        }
+        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+        blocking(move || {
+            client
+                .signal_process(&id, &exec_id, req.signal as i32, req.all)
+                .map_err(|e| agent_error("SignalProcess", e))
+        })
+        .await?;
+        Ok(api::Empty::default())
+    }
+
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
+        if self.client(&req.id)?.is_none() {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!(
+                    "{} is a pod's pause container: nothing can run in it",
+                    req.id
+                ),
+            ));
+        }
+        if req.exec_id.is_empty() {
+            return Err(error(Code::INVALID_ARGUMENT, "exec_id is empty"));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a: &Any| a.value.clone())
+            .unwrap_or_default();
+        if serde_json::from_slice::<serde_json::Value>(&spec).is_err() {
+            return Err(error(
+                Code::INVALID_ARGUMENT,
+                format!("exec {}: spec is not an OCI process in JSON", req.exec_id),
+            ));
+        }
+        let stdio = stdio_of(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        {
+            let mut tasks = self.lock();
+            let task = tasks
+                .get_mut(&req.id)
+                .ok_or_else(|| not_found(&req.id, ""))?;
+            if task.execs.contains_key(&req.exec_id) {
+                return Err(error(
+                    Code::ALREADY_EXISTS,
+                    format!("exec {} already exists in {}", req.exec_id, req.id),
+                ));
+            }
+            task.execs
+                .insert(req.exec_id.clone(), Process::new(&req.exec_id, stdio, spec));
+        }
+        self.events.send(Event::ExecAdded {
+            id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+        });
+        Ok(api::Empty::default())
+    }
+
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let Some(client) = self.client(&req.id)? else {
+            return Ok(api::Empty::default());
+        };
+        let rows = u16::try_from(req.height).unwrap_or(u16::MAX);
+        let cols = u16::try_from(req.width).unwrap_or(u16::MAX);
+        blocking(move || {
+            client
+                .resize_tty(&req.id, &req.exec_id, rows, cols)
+                .map_err(|e| agent_error("ResizeTty", e))
+        })
+        .await?;
+        Ok(api::Empty::default())
+    }
+
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> TtrpcResult<api::Empty> {
+        let Some(client) = self.client(&req.id)? else {
+            return Ok(api::Empty::default());
+        };
+        if !req.stdin {
+            return Ok(api::Empty::default());
+        }
+        blocking(move || {
+            client
+                .close_stdin(&req.id, &req.exec_id)
+                .map_err(|e| agent_error("CloseStdin", e))
+        })
+        .await?;
+        Ok(api::Empty::default())
+    }
+
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        self.client(&req.id)?;
+        Err(error(
+            Code::UNIMPLEMENTED,
+            format!(
+                "update of {}: the microVM controller cannot update resources yet",
+                req.id
+            ),
+        ))
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
+        let rx = self.with_process(&req.id, &req.exec_id, |p| p.subscribe())?;
+        let exit = process::wait_exit(rx)
+            .await
+            .ok_or_else(|| not_found(&req.id, &req.exec_id))?;
+        Ok(api::WaitResponse {
+            exit_status: exit.status,
+            exited_at: Some(exit.timestamp()).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let Some(client) = self.client(&req.id)? else {
+            return Err(error(
+                Code::NOT_FOUND,
+                format!("{} is a pod's pause container: it has no metrics", req.id),
+            ));
+        };
+        let stats = blocking(move || client.stats().map_err(|e| agent_error("Stats", e))).await?;
+        let metrics = super::stats::from_guest(&stats);
+        Ok(api::StatsResponse {
+            stats: Some(metrics).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        log::info!("delete {} {}", req.id, req.exec_id);
+        self.delete_process(&req.id, &req.exec_id).await
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let pid = self.with_process(&req.id, "", |p| p.pid)?;
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> TtrpcResult<api::Empty> {
+        // One shim serves a whole pod: it goes once its last task is deleted.
+        if self.lock().is_empty() {
+            self.exit.signal();
+        }
+        Ok(api::Empty::default())
+    }
+}
