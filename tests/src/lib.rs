@@ -5,4 +5,6 @@ pub mod artifacts;
 pub mod bare_guest;
 pub mod boot;
 pub mod bundle;
+pub mod containerd;
+pub mod image;
 pub mod lab;

@@ -246,6 +246,33 @@ impl Sandbox {
         self.connect(&record)
     }
 
+    /// `create` for a caller that relays stdio itself (the containerd shim): the streams of
+    /// `stdio` (or the tty, when the spec asks for a terminal) are announced and wait for the
+    /// caller to attach them; the VMM keeps running after we return. Returns the record, a
+    /// connected client and the init's pid in the guest.
+    pub fn create_attached(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdio: StdioSet,
+    ) -> Result<(Record, AgentClient, u32), Error> {
+        let mut phases = Phases::new(self.cfg.debug);
+        let created = self.create_vm(id, bundle, stdio, &mut phases, None)?;
+        created.vmm.detach();
+        let pid = created
+            .client
+            .container_state(id)
+            .map(|s| s.pid)
+            .unwrap_or(0);
+        Ok((created.record, created.client, pid))
+    }
+
+    /// A client of the agent of container `id`'s running VM.
+    pub fn client(&self, id: &str) -> Result<AgentClient, Error> {
+        let record = self.root.load(id)?;
+        self.connect(&record)
+    }
+
     /// `start` of a created container.
     pub fn start(&self, id: &str) -> Result<(), Error> {
         let mut record = self.root.load(id)?;

@@ -30,6 +30,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "crun",
     "containerd",
     "umoci",
+    // protoc, for the CRI client's generated code (k8s-cri) in the containerd tests.
+    "protobuf-compiler",
 ];
 
 /// Returns the packages of `wanted` that dpkg does not list as installed.
