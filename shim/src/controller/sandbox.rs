@@ -12,8 +12,6 @@ use protocol::agent::{ContainerStatus, ProcessInfo};
 use crate::agent_client::{AgentClient, Endpoint, RootfsDevice, StdioSet};
 
 use super::config::Config;
-use super::container::ContainerHandle;
-use super::stats::ContainerStats;
 use super::image::{Cache, Image};
 use super::state::{self, Record, Root, Status};
 use super::stdio;
@@ -246,33 +244,6 @@ impl Sandbox {
         self.connect(&record)
     }
 
-    /// `create` for a caller that relays stdio itself (the containerd shim): the streams of
-    /// `stdio` (or the tty, when the spec asks for a terminal) are announced and wait for the
-    /// caller to attach them; the VMM keeps running after we return. Returns the record, a
-    /// connected client and the init's pid in the guest.
-    pub fn create_attached(
-        &self,
-        id: &str,
-        bundle: &Path,
-        stdio: StdioSet,
-    ) -> Result<(Record, AgentClient, u32), Error> {
-        let mut phases = Phases::new(self.cfg.debug);
-        let created = self.create_vm(id, bundle, stdio, &mut phases, None)?;
-        created.vmm.detach();
-        let pid = created
-            .client
-            .container_state(id)
-            .map(|s| s.pid)
-            .unwrap_or(0);
-        Ok((created.record, created.client, pid))
-    }
-
-    /// A client of the agent of container `id`'s running VM.
-    pub fn client(&self, id: &str) -> Result<AgentClient, Error> {
-        let record = self.root.load(id)?;
-        self.connect(&record)
-    }
-
     /// `start` of a created container.
     pub fn start(&self, id: &str) -> Result<(), Error> {
         let mut record = self.root.load(id)?;
@@ -409,7 +380,6 @@ impl Sandbox {
             Ok(s) => match s.status.enum_value_or_default() {
                 ContainerStatus::CREATED => Status::Created,
                 ContainerStatus::RUNNING => Status::Running,
-                ContainerStatus::PAUSED => Status::Paused,
                 ContainerStatus::STOPPED => Status::Stopped,
                 ContainerStatus::UNKNOWN => record.status,
             },
@@ -437,49 +407,6 @@ impl Sandbox {
         Ok(())
     }
 
-    /// The container in its running VM, for the calls of [`ContainerHandle`].
-    pub fn handle(&self, id: &str) -> Result<ContainerHandle, Error> {
-        let record = self.root.load(id)?;
-        Ok(ContainerHandle::new(self.connect(&record)?, id))
-    }
-
-    /// `pause`: freezes the container's processes (cgroup v2 freezer in the guest).
-    pub fn pause(&self, id: &str) -> Result<(), Error> {
-        self.set_paused(id, true)
-    }
-
-    /// `resume` of a paused container.
-    pub fn resume(&self, id: &str) -> Result<(), Error> {
-        self.set_paused(id, false)
-    }
-
-    fn set_paused(&self, id: &str, pause: bool) -> Result<(), Error> {
-        let mut record = self.root.load(id)?;
-        let handle = ContainerHandle::new(self.connect(&record)?, id);
-        if pause {
-            handle.pause()?;
-        } else {
-            handle.resume()?;
-        }
-        record.status = if pause {
-            Status::Paused
-        } else {
-            Status::Running
-        };
-        self.root.save(&record)?;
-        Ok(())
-    }
-
-    /// `events --stats`: the container's cgroup figures from the guest.
-    pub fn stats(&self, id: &str) -> Result<ContainerStats, Error> {
-        self.handle(id)?.stats()
-    }
-
-    /// `update`: new cgroup limits (an OCI `linux.resources` object).
-    pub fn update(&self, id: &str, resources: &serde_json::Value) -> Result<(), Error> {
-        self.handle(id)?.update(resources)
-    }
-
     /// `ps`: the processes of the container, as the guest sees them.
     pub fn ps(&self, id: &str) -> Result<Vec<ProcessInfo>, Error> {
         let record = self.root.load(id)?;
@@ -493,7 +420,7 @@ impl Sandbox {
     pub fn delete(&self, id: &str, force: bool) -> Result<(), Error> {
         let record = self.root.load(id)?;
         let status = self.live_status(&record);
-        if !force && matches!(status, Status::Running | Status::Paused | Status::Creating) {
+        if !force && matches!(status, Status::Running | Status::Creating) {
             return Err(Error::Container {
                 id: id.to_string(),
                 reason: format!(
