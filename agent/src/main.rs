@@ -14,6 +14,7 @@ mod reaper;
 mod runtime_helper;
 mod sandbox;
 mod service;
+mod stats;
 mod stdio;
 mod switch_root;
 

@@ -19,6 +19,7 @@ use crate::processes::{self as table, Process, ProcessTable};
 use crate::reaper::{ExitStatus as Status, Reaper};
 use crate::runtime_helper::{self, HelperStdio, Job};
 use crate::sandbox;
+use crate::stats;
 
 type Result<T> = ttrpc::Result<T>;
 
@@ -423,7 +424,8 @@ impl agent_ttrpc::Agent for AgentService {
         resp.status = match (state.status, exit) {
             (_, Some(_)) | (runtime::Status::Stopped, _) => ContainerStatus::STOPPED,
             (runtime::Status::Created | runtime::Status::Creating, _) => ContainerStatus::CREATED,
-            (runtime::Status::Running | runtime::Status::Paused, _) => ContainerStatus::RUNNING,
+            (runtime::Status::Running, _) => ContainerStatus::RUNNING,
+            (runtime::Status::Paused, _) => ContainerStatus::PAUSED,
         }
         .into();
         if let Some(exit) = exit {
@@ -490,6 +492,55 @@ impl agent_ttrpc::Agent for AgentService {
             resp.processes.push(info);
         }
         Ok(resp)
+    }
+
+    fn pause_container(&self, _ctx: &TtrpcContext, req: PauseContainerRequest) -> Result<Empty> {
+        self.runtime_container(&req.container_id)?
+            .pause()
+            .map_err(runtime_status)?;
+        log::info!("PauseContainer {}", req.container_id);
+        Ok(Empty::new())
+    }
+
+    fn resume_container(&self, _ctx: &TtrpcContext, req: ResumeContainerRequest) -> Result<Empty> {
+        self.runtime_container(&req.container_id)?
+            .resume()
+            .map_err(runtime_status)?;
+        log::info!("ResumeContainer {}", req.container_id);
+        Ok(Empty::new())
+    }
+
+    fn container_stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerStatsRequest,
+    ) -> Result<ContainerStatsResponse> {
+        let stats = self
+            .runtime_container(&req.container_id)?
+            .stats()
+            .map_err(runtime_status)?;
+        let mut resp = stats::to_proto(&stats);
+        resp.container_id = req.container_id;
+        Ok(resp)
+    }
+
+    fn update_container(&self, _ctx: &TtrpcContext, req: UpdateContainerRequest) -> Result<Empty> {
+        let resources: runtime::LinuxResources = serde_json::from_str(&req.resources_json)
+            .map_err(|e| {
+                status(
+                    Code::INVALID_ARGUMENT,
+                    format!("resources_json: not an OCI linux.resources object: {e}"),
+                )
+            })?;
+        self.runtime_container(&req.container_id)?
+            .update(&resources)
+            .map_err(runtime_status)?;
+        log::info!(
+            "UpdateContainer {}: {}",
+            req.container_id,
+            req.resources_json
+        );
+        Ok(Empty::new())
     }
 
     fn exec_process(

@@ -734,6 +734,33 @@ impl Container {
         Ok(self.cgroup()?.stats()?)
     }
 
+    /// Changes the cgroup limits of a created, running or paused container (runc `update`):
+    /// the values in `resources` replace the ones in force; fields left out stay as they are.
+    /// Errors name the `linux.resources` field that is invalid or cannot be applied.
+    pub fn update(&mut self, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        let status = self.status();
+        if status == Status::Stopped {
+            return Err(Error::WrongState {
+                id: self.id().into(),
+                status,
+                op: "update",
+            });
+        }
+        cgroups::validate_resources(resources)
+            .map_err(|(field, msg)| SpecError::invalid(format!("linux.resources.{field}"), msg))?;
+        let path = self
+            .state
+            .cgroup_path
+            .clone()
+            .ok_or_else(|| Error::NoCgroup(self.id().into()))?;
+        let root = cgroups::find_hierarchy().ok_or_else(|| CgroupError::NoHierarchy {
+            field: "linux.resources".into(),
+        })?;
+        Cgroup::check_controllers(&root, resources)?;
+        let rel = path.strip_prefix(&root).unwrap_or(&path);
+        Ok(Cgroup::new(&root, rel).create(Some(resources))?)
+    }
+
     /// cgroup.events and memory.events (`oom`, `oom_kill`...).
     pub fn events(&self) -> Result<HashMap<String, u64>> {
         Ok(self.cgroup()?.events()?)

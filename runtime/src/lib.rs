@@ -27,5 +27,5 @@ pub mod tty;
 pub mod user;
 
 pub use container::{Container, CreateOptions, Error, ExecOptions};
-pub use oci_spec::runtime::{Process, Spec};
+pub use oci_spec::runtime::{LinuxResources, Process, Spec};
 pub use state::{State, Status};

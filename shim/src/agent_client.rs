@@ -50,6 +50,8 @@ pub enum Error {
         waited: Duration,
         last: Box<Error>,
     },
+    #[error("the agent's event stream has ended (the VM is gone)")]
+    EventsEnded,
     #[error("{kind} stream of {container_id:?}/{exec_id:?}: {source}")]
     Stdio {
         container_id: String,
@@ -149,7 +151,7 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
-    fn from_proto(s: &protocol::agent::ExitStatus) -> ExitStatus {
+    pub fn from_proto(s: &protocol::agent::ExitStatus) -> ExitStatus {
         if s.signal != 0 {
             ExitStatus::Signaled {
                 signal: s.signal,
@@ -356,6 +358,46 @@ impl AgentClient {
             .list_processes(self.ctx(), &req)
             .map(|r| r.processes)
             .map_err(call_error("ListProcesses"))
+    }
+
+    /// Freezes every process of the container (cgroup v2 freezer in the guest).
+    pub fn pause_container(&self, container_id: &str) -> Result<(), Error> {
+        let mut req = PauseContainerRequest::new();
+        req.container_id = container_id.to_string();
+        self.inner
+            .pause_container(self.ctx(), &req)
+            .map(drop)
+            .map_err(call_error("PauseContainer"))
+    }
+
+    /// Thaws a paused container.
+    pub fn resume_container(&self, container_id: &str) -> Result<(), Error> {
+        let mut req = ResumeContainerRequest::new();
+        req.container_id = container_id.to_string();
+        self.inner
+            .resume_container(self.ctx(), &req)
+            .map(drop)
+            .map_err(call_error("ResumeContainer"))
+    }
+
+    /// The container's cgroup v2 figures.
+    pub fn container_stats(&self, container_id: &str) -> Result<ContainerStatsResponse, Error> {
+        let mut req = ContainerStatsRequest::new();
+        req.container_id = container_id.to_string();
+        self.inner
+            .container_stats(self.ctx(), &req)
+            .map_err(call_error("ContainerStats"))
+    }
+
+    /// New cgroup limits: `resources_json` is an OCI `linux.resources` object.
+    pub fn update_container(&self, container_id: &str, resources_json: &str) -> Result<(), Error> {
+        let mut req = UpdateContainerRequest::new();
+        req.container_id = container_id.to_string();
+        req.resources_json = resources_json.to_string();
+        self.inner
+            .update_container(self.ctx(), &req)
+            .map(drop)
+            .map_err(call_error("UpdateContainer"))
     }
 
     /// Starts a process (an OCI `process` object as JSON); returns its pid in the guest.

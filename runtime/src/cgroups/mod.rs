@@ -136,7 +136,10 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Creates the directory (and parents), enabling the needed controllers on the way down.
+    /// Creates the directory (and parents), enabling the needed controllers on the way down,
+    /// and, as runc does, every other available controller where the kernel allows it (so
+    /// memory, cpu, io and pids figures exist and a later `update` can set limits). Also
+    /// serves `update`: existing directories are kept and the limits rewritten.
     pub fn create(&self, resources: Option<&LinuxResources>) -> Result<()> {
         let needed: Vec<&str> = resources
             .map(resources::controllers)
@@ -147,11 +150,12 @@ impl Cgroup {
         let rel = self.path.strip_prefix(&self.root).unwrap_or(Path::new(""));
         let mut dir = self.root.clone();
         for comp in rel.components() {
+            let control = dir.join("cgroup.subtree_control");
             if !needed.is_empty() {
-                let control = dir.join("cgroup.subtree_control");
                 let enable: Vec<String> = needed.iter().map(|c| format!("+{c}")).collect();
                 fs::write(&control, enable.join(" ")).map_err(io(&control))?;
             }
+            enable_available(&dir);
             dir.push(comp);
             match fs::create_dir(&dir) {
                 Ok(()) => {}
@@ -241,15 +245,23 @@ impl Cgroup {
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
         };
-        let cpu = read_flat_keyed(&self.path.join("cpu.stat")).unwrap_or_default();
+        let flat = |name: &str| read_flat_keyed(&self.path.join(name)).unwrap_or_default();
+        let cpu = flat("cpu.stat");
         Ok(Stats {
             pids_current: read_u64("pids.current").unwrap_or(self.pids()?.len() as u64),
             pids_max: read_u64("pids.max"),
             memory_current: read_u64("memory.current"),
             memory_max: read_u64("memory.max"),
-            memory_events: read_flat_keyed(&self.path.join("memory.events")).unwrap_or_default(),
+            memory_events: flat("memory.events"),
             cpu_usage_usec: cpu.get("usage_usec").copied(),
             cpu_stat: cpu,
+            memory_stat: flat("memory.stat"),
+            memory_peak: read_u64("memory.peak"),
+            memory_swap_current: read_u64("memory.swap.current"),
+            memory_swap_max: read_u64("memory.swap.max"),
+            io: fs::read_to_string(self.path.join("io.stat"))
+                .map(|t| parse_io_stat(&t))
+                .unwrap_or_default(),
         })
     }
 
@@ -289,6 +301,96 @@ pub struct Stats {
     pub cpu_usage_usec: Option<u64>,
     /// all of cpu.stat
     pub cpu_stat: HashMap<String, u64>,
+    /// all of memory.stat (anon, file, kernel_stack, slab, sock, pgfault...)
+    pub memory_stat: HashMap<String, u64>,
+    /// memory.peak (kernels from 5.19)
+    pub memory_peak: Option<u64>,
+    /// memory.swap.current
+    pub memory_swap_current: Option<u64>,
+    /// memory.swap.max (None when unlimited or swap accounting is off)
+    pub memory_swap_max: Option<u64>,
+    /// io.stat, one entry per device
+    pub io: Vec<IoStat>,
+}
+
+/// One device's line of `io.stat`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IoStat {
+    /// Device major number.
+    pub major: u64,
+    /// Device minor number.
+    pub minor: u64,
+    /// Bytes read.
+    pub rbytes: u64,
+    /// Bytes written.
+    pub wbytes: u64,
+    /// Read operations.
+    pub rios: u64,
+    /// Write operations.
+    pub wios: u64,
+}
+
+/// Parses `io.stat`: `MAJ:MIN rbytes=N wbytes=N rios=N wios=N dbytes=N dios=N` per line.
+fn parse_io_stat(text: &str) -> Vec<IoStat> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let (major, minor) = words.next()?.split_once(':')?;
+            let mut s = IoStat {
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+                ..IoStat::default()
+            };
+            for word in words {
+                let Some((k, v)) = word.split_once('=') else {
+                    continue;
+                };
+                let v = v.parse().unwrap_or(0);
+                match k {
+                    "rbytes" => s.rbytes = v,
+                    "wbytes" => s.wbytes = v,
+                    "rios" => s.rios = v,
+                    "wios" => s.wios = v,
+                    _ => {}
+                }
+            }
+            Some(s)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_stat_lines_become_entries() {
+        let text = "254:0 rbytes=4096 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n\
+                    8:16 rbytes=1 wbytes=2 rios=3 wios=4\nbad line\n";
+        let got = parse_io_stat(text);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[0].major, got[0].minor, got[0].rbytes, got[0].rios),
+            (254, 0, 4096, 1)
+        );
+        assert_eq!((got[1].wbytes, got[1].wios), (2, 4));
+    }
+}
+
+/// Best effort: turns on in `dir`'s subtree every controller `dir` has and does not pass
+/// down yet. A refusal (e.g. a parent with processes of its own) only means fewer figures.
+fn enable_available(dir: &Path) {
+    let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let available = read("cgroup.controllers");
+    let enabled = read("cgroup.subtree_control");
+    let control = dir.join("cgroup.subtree_control");
+    for c in available.split_whitespace() {
+        if !enabled.split_whitespace().any(|e| e == c) {
+            if let Err(e) = fs::write(&control, format!("+{c}")) {
+                tracing::debug!("{}: +{c}: {e}", control.display());
+            }
+        }
+    }
 }
 
 fn read_flat_keyed(path: &Path) -> Result<HashMap<String, u64>> {

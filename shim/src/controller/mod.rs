@@ -2,18 +2,24 @@
 //! stdio) and keeps a runc-like state directory per container under the state root.
 
 pub mod config;
+pub mod container;
+pub mod events;
 pub mod image;
 pub mod sandbox;
 pub mod signals;
 pub mod state;
+pub mod stats;
 pub mod stdio;
 pub mod timing;
 pub mod tty;
 pub mod vm;
 
 pub use config::Config;
+pub use container::{ContainerHandle, LiveState, LiveStatus};
+pub use events::{AgentEvent, EventListener};
 pub use sandbox::{ExecRequest, Sandbox};
 pub use state::{Record, Status};
+pub use stats::ContainerStats;
 
 /// Errors of the controller; each names the file, device or container concerned.
 #[derive(Debug, thiserror::Error)]

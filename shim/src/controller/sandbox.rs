@@ -12,8 +12,10 @@ use protocol::agent::{ContainerStatus, ProcessInfo};
 use crate::agent_client::{AgentClient, Endpoint, RootfsDevice, StdioSet};
 
 use super::config::Config;
+use super::container::ContainerHandle;
 use super::image::{Cache, Image};
 use super::state::{self, Record, Root, Status};
+use super::stats::ContainerStats;
 use super::stdio;
 use super::timing::Phases;
 use super::tty::{window_size, RawMode};
@@ -380,6 +382,7 @@ impl Sandbox {
             Ok(s) => match s.status.enum_value_or_default() {
                 ContainerStatus::CREATED => Status::Created,
                 ContainerStatus::RUNNING => Status::Running,
+                ContainerStatus::PAUSED => Status::Paused,
                 ContainerStatus::STOPPED => Status::Stopped,
                 ContainerStatus::UNKNOWN => record.status,
             },
@@ -407,6 +410,49 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The container in its running VM, for the calls of [`ContainerHandle`].
+    pub fn handle(&self, id: &str) -> Result<ContainerHandle, Error> {
+        let record = self.root.load(id)?;
+        Ok(ContainerHandle::new(self.connect(&record)?, id))
+    }
+
+    /// `pause`: freezes the container's processes (cgroup v2 freezer in the guest).
+    pub fn pause(&self, id: &str) -> Result<(), Error> {
+        self.set_paused(id, true)
+    }
+
+    /// `resume` of a paused container.
+    pub fn resume(&self, id: &str) -> Result<(), Error> {
+        self.set_paused(id, false)
+    }
+
+    fn set_paused(&self, id: &str, pause: bool) -> Result<(), Error> {
+        let mut record = self.root.load(id)?;
+        let handle = ContainerHandle::new(self.connect(&record)?, id);
+        if pause {
+            handle.pause()?;
+        } else {
+            handle.resume()?;
+        }
+        record.status = if pause {
+            Status::Paused
+        } else {
+            Status::Running
+        };
+        self.root.save(&record)?;
+        Ok(())
+    }
+
+    /// `events --stats`: the container's cgroup figures from the guest.
+    pub fn stats(&self, id: &str) -> Result<ContainerStats, Error> {
+        self.handle(id)?.stats()
+    }
+
+    /// `update`: new cgroup limits (an OCI `linux.resources` object).
+    pub fn update(&self, id: &str, resources: &serde_json::Value) -> Result<(), Error> {
+        self.handle(id)?.update(resources)
+    }
+
     /// `ps`: the processes of the container, as the guest sees them.
     pub fn ps(&self, id: &str) -> Result<Vec<ProcessInfo>, Error> {
         let record = self.root.load(id)?;
@@ -420,7 +466,7 @@ impl Sandbox {
     pub fn delete(&self, id: &str, force: bool) -> Result<(), Error> {
         let record = self.root.load(id)?;
         let status = self.live_status(&record);
-        if !force && matches!(status, Status::Running | Status::Creating) {
+        if !force && matches!(status, Status::Running | Status::Paused | Status::Creating) {
             return Err(Error::Container {
                 id: id.to_string(),
                 reason: format!(
