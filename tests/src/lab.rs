@@ -55,7 +55,27 @@ pub enum Error {
         qemu_status: String,
         console: String,
         qemu_stderr: String,
+        /// What the command printed before the VM died (when captured).
+        stdout: Vec<u8>,
     },
+    #[error("the lab made no progress (no output at all) for {} s and was killed; console:\n{console}", .idle.as_secs())]
+    Stalled {
+        idle: Duration,
+        console: String,
+        /// What the command printed before it stalled (when captured).
+        stdout: Vec<u8>,
+    },
+}
+
+impl Error {
+    /// For a lab VM that died or hung under the command (a crash of the emulated lab host,
+    /// not the command's own failure): what the command printed until then.
+    pub fn lab_died(&self) -> Option<&[u8]> {
+        match self {
+            Error::NoStatus { stdout, .. } | Error::Stalled { stdout, .. } => Some(stdout),
+            _ => None,
+        }
+    }
 }
 
 /// How to run a command in the lab.
@@ -85,6 +105,9 @@ pub struct Options {
     pub force_vm: bool,
     /// Receives the PID of the QEMU process (or of the command, natively) once started.
     pub spawned_pid: Option<Arc<AtomicU32>>,
+    /// Kill the run when neither the command nor the lab's console wrote anything for this
+    /// long (a hung lab host).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Options {
@@ -102,6 +125,7 @@ impl Default for Options {
             cancel: None,
             force_vm: false,
             spawned_pid: None,
+            idle_timeout: None,
         }
     }
 }
@@ -239,9 +263,17 @@ fn run_vm(argv: &[OsString], cwd: &Path, opts: &Options) -> Result<Output, Error
     let stderr = Pump::start(stderr, err_sink, opts.capture);
     let status = Pump::start(status, Sink::Discard, true);
 
+    let stalled = || {
+        opts.idle_timeout.is_some_and(|limit| {
+            [&console, &stdout, &stderr]
+                .iter()
+                .all(|pump| pump.idle() >= limit)
+        })
+    };
     let watch = Watch {
         deadline,
         cancel: opts.cancel.as_deref(),
+        stalled: Some(&stalled),
     };
     let ended = watch
         .wait(
@@ -264,6 +296,11 @@ fn run_vm(argv: &[OsString], cwd: &Path, opts: &Options) -> Result<Output, Error
     match ended {
         Ended::TimedOut => Err(Error::Timeout(opts.timeout)),
         Ended::Cancelled => Err(Error::Cancelled),
+        Ended::Stalled => Err(Error::Stalled {
+            idle: opts.idle_timeout.unwrap_or_default(),
+            console: tail(&console, 4000),
+            stdout,
+        }),
         Ended::Exited(qemu_status) => match status {
             Some(status) => Ok(Output {
                 status,
@@ -275,6 +312,7 @@ fn run_vm(argv: &[OsString], cwd: &Path, opts: &Options) -> Result<Output, Error
                 qemu_status: qemu_status.to_string(),
                 console: tail(&console, 4000),
                 qemu_stderr: tail(&qemu_stderr, 2000),
+                stdout,
             }),
         },
     }
@@ -327,6 +365,7 @@ fn run_native(argv: &[OsString], cwd: &Path, opts: &Options) -> Result<Output, E
     let watch = Watch {
         deadline: Instant::now() + opts.timeout,
         cancel: opts.cancel.as_deref(),
+        stalled: None,
     };
     let ended = watch
         .wait(&mut child, process::kill_group, || false, Duration::ZERO)
@@ -338,7 +377,7 @@ fn run_native(argv: &[OsString], cwd: &Path, opts: &Options) -> Result<Output, E
         .map(|(o, e)| (o.finish(DRAIN), e.finish(DRAIN)))
         .unwrap_or_default();
     match ended {
-        Ended::TimedOut => Err(Error::Timeout(opts.timeout)),
+        Ended::TimedOut | Ended::Stalled => Err(Error::Timeout(opts.timeout)),
         Ended::Cancelled => Err(Error::Cancelled),
         Ended::Exited(status) => Ok(Output {
             status: process::status_code(status),

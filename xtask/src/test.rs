@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sandbox_tests::{artifacts, lab};
@@ -39,6 +40,11 @@ pub struct Tally {
 }
 
 impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+    }
+
     /// Adds the counts of one `test result: ok. 3 passed; 1 failed; ...` line.
     fn add_line(&mut self, line: &str) {
         let Some(rest) = line.trim().strip_prefix("test result: ") else {
@@ -64,8 +70,17 @@ impl Tally {
     }
 }
 
+/// Printed by the lab script before each test binary, with its file name.
+const BINARY_MARKER: &str = "==> test binary ";
 /// Printed by the lab script after each test binary, with its exit status.
 const EXIT_MARKER: &str = "==> exit status ";
+/// Lab VMs booted at most for one run: a crash or hang of the emulated lab host (not of a
+/// test) costs a fresh lab for the binaries that had not finished.
+const LAB_BOOTS: usize = 3;
+/// A lab where nothing at all was printed for this long is taken as hung.
+const LAB_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Limit for one test binary inside the lab (its tests have their own, shorter, watchdogs).
+const BINARY_TIMEOUT_SECS: u64 = 1200;
 /// Printed by the lab script for a test that failed and then passed when run again alone.
 const FLAKY_MARKER: &str = "==> flaky (failed, then passed on retry): ";
 
@@ -92,6 +107,34 @@ fn tally_lab_output(text: &str) -> Tally {
     total.passed += binary.passed;
     total.failed += binary.failed;
     total
+}
+
+/// Splits the output of a lab run that died midway: the binaries that finished (their
+/// names, and the output up to and including the last one's exit line).
+fn finished_binaries(text: &str) -> (Vec<String>, &str) {
+    let mut names = Vec::new();
+    let mut current = None;
+    let mut end = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        offset += line.len();
+        let trimmed = line.trim();
+        if let Some(name) = trimmed.strip_prefix(BINARY_MARKER) {
+            current = Some(name.to_owned());
+        } else if trimmed.starts_with(EXIT_MARKER) && line.ends_with('\n') {
+            names.extend(current.take());
+            end = offset;
+        }
+    }
+    (names, &text[..end])
+}
+
+fn binary_name(bin: &TestBinary) -> String {
+    bin.path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// One phase's outcome: its tests, and whether the phase itself succeeded.
@@ -241,8 +284,8 @@ fn lab_script(binaries: &[TestBinary]) -> String {
     for b in binaries {
         let _ = writeln!(
             s,
-            "echo '==> {name}'\n\
-             {{ cd {dir} && {bin} --ignored --test-threads=1 --color=never; echo $? > \"$log.rc\"; }} 2>&1 | tee \"$log\"\n\
+            "echo '{BINARY_MARKER}{name}'\n\
+             {{ cd {dir} && timeout -k 10 {BINARY_TIMEOUT_SECS} {bin} --ignored --test-threads=1 --color=never; echo $? > \"$log.rc\"; }} 2>&1 | tee \"$log\"\n\
              r=$(cat \"$log.rc\")\n\
              if [ \"$r\" != 0 ]; then\n\
              \x20 failed=$(awk '/^failures:$/ {{n = \"\"}} /^    [^ ]+$/ {{n = n \" \" $1}} /^test result:/ {{print n}}' \"$log\" | tail -n 1)\n\
@@ -257,7 +300,7 @@ fn lab_script(binaries: &[TestBinary]) -> String {
              \x20 [ -n \"$failed\" ] && [ $again = 0 ] && r=0\n\
              fi\n\
              echo \"{EXIT_MARKER}$r\"; [ \"$r\" = 0 ] || rc=1",
-            name = b.path.file_name().unwrap_or_default().to_string_lossy(),
+            name = binary_name(b),
             dir = q(&b.package_dir),
             bin = q(&b.path),
         );
@@ -303,15 +346,6 @@ fn lab_tests(root: &Path, selection: &[String], timeout: u64) -> Result<Phase> {
         "==> {} test binaries with real-KVM tests, {where_}",
         binaries.len()
     );
-    // /var/tmp, not /tmp: the lab hides the host's /tmp.
-    let dir = tempfile::Builder::new()
-        .prefix("sandbox-xtask-test-")
-        .tempdir_in("/var/tmp")
-        .context("creating a script directory under /var/tmp")?;
-    let script = dir.path().join("lab-tests.sh");
-    std::fs::write(&script, lab_script(&binaries))
-        .with_context(|| format!("writing {}", script.display()))?;
-
     // Lab tests start our VMM and CLI: build them, and tell the tests where they and the
     // guest are.
     if let Err(e) = crate::boot::build_release(&[("vmm", "sandbox-vmm"), ("shim", "sandbox")]) {
@@ -327,24 +361,73 @@ fn lab_tests(root: &Path, selection: &[String], timeout: u64) -> Result<Phase> {
         capture: true,
         cwd: Some(root.to_owned()),
         env: test_inputs(),
+        idle_timeout: Some(LAB_IDLE_TIMEOUT),
         ..opts
     };
-    let argv = vec![OsString::from("sh"), script.into_os_string()];
-    let (tally, ok) = match lab::run(&argv, &opts) {
-        Ok(out) => {
-            let tally = tally_lab_output(&String::from_utf8_lossy(&out.stdout));
-            (tally, out.status == 0)
+
+    let mut tally = Tally::default();
+    let mut remaining = binaries;
+    for boot in 1..=LAB_BOOTS {
+        match run_lab_script(&remaining, &opts)? {
+            Ok(out) => {
+                tally.add(tally_lab_output(&String::from_utf8_lossy(&out.stdout)));
+                return Ok(Phase {
+                    name: "lab",
+                    tally,
+                    ok: out.status == 0,
+                });
+            }
+            Err(e) => {
+                let Some(stdout) = e.lab_died() else {
+                    eprintln!("lab run failed: {e}");
+                    break;
+                };
+                // The emulated lab host crashed or hung: what finished counts; the rest
+                // runs again in a fresh lab.
+                let text = String::from_utf8_lossy(stdout);
+                let (done, done_text) = finished_binaries(&text);
+                tally.add(tally_lab_output(done_text));
+                remaining.retain(|b| !done.contains(&binary_name(b)));
+                eprintln!("==> lab run {boot} of {LAB_BOOTS} died: {e}");
+                if remaining.is_empty() {
+                    // Everything finished; the lab died on its way out.
+                    return Ok(Phase {
+                        name: "lab",
+                        tally,
+                        ok: tally.failed == 0,
+                    });
+                }
+                if boot < LAB_BOOTS {
+                    println!(
+                        "==> the lab host died; a fresh lab runs the {} test binaries not finished",
+                        remaining.len()
+                    );
+                }
+            }
         }
-        Err(e) => {
-            eprintln!("lab run failed: {e}");
-            (Tally::default(), false)
-        }
-    };
+    }
     Ok(Phase {
         name: "lab",
         tally,
-        ok,
+        ok: false,
     })
+}
+
+/// Writes the lab script for `binaries` and runs it in one lab VM.
+fn run_lab_script(
+    binaries: &[TestBinary],
+    opts: &lab::Options,
+) -> Result<Result<lab::Output, lab::Error>> {
+    // /var/tmp, not /tmp: the lab hides the host's /tmp.
+    let dir = tempfile::Builder::new()
+        .prefix("sandbox-xtask-test-")
+        .tempdir_in("/var/tmp")
+        .context("creating a script directory under /var/tmp")?;
+    let script = dir.path().join("lab-tests.sh");
+    std::fs::write(&script, lab_script(binaries))
+        .with_context(|| format!("writing {}", script.display()))?;
+    let argv = vec![OsString::from("sh"), script.into_os_string()];
+    Ok(lab::run(&argv, opts))
 }
 
 /// `SANDBOX_VMM`, `SANDBOX_VMLINUX`, `SANDBOX_INITRAMFS` for the lab tests, as absolute
@@ -400,6 +483,27 @@ mod tests {
                 failed: 3
             }
         );
+    }
+
+    #[test]
+    fn a_lab_that_died_keeps_the_binaries_that_finished() {
+        let out = format!(
+            "{BINARY_MARKER}a-1\ntest result: ok. 2 passed; 0 failed; 0 ignored\n{EXIT_MARKER}0\n\
+             {BINARY_MARKER}b-2\ntest result: FAILED. 0 passed; 1 failed; 0 ignored\n{EXIT_MARKER}101\n\
+             {BINARY_MARKER}c-3\ntest x ... ok\ntest result: ok. 5 passed; 0 failed; 0 ignored\n{EXIT_MARKER}"
+        );
+        let (names, done) = finished_binaries(&out);
+        assert_eq!(names, ["a-1", "b-2"]);
+        assert_eq!(
+            tally_lab_output(done),
+            Tally {
+                passed: 2,
+                failed: 1
+            }
+        );
+        let (names, done) = finished_binaries("==> test binary a-1\ntest a ... ");
+        assert!(names.is_empty());
+        assert_eq!(done, "");
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub enum Sink {
 pub struct Pump {
     buf: Arc<Mutex<Vec<u8>>>,
     done: Receiver<()>,
+    /// When the pipe last delivered bytes (or the pump started).
+    last_read: Arc<Mutex<Instant>>,
 }
 
 impl Pump {
@@ -32,6 +34,8 @@ impl Pump {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let (tx, done) = mpsc::channel();
         let shared = buf.clone();
+        let last_read = Arc::new(Mutex::new(Instant::now()));
+        let stamp = last_read.clone();
         thread::spawn(move || {
             let mut chunk = [0u8; 8192];
             loop {
@@ -42,6 +46,7 @@ impl Pump {
                     Err(_) => break,
                 };
                 let data = &chunk[..n];
+                *stamp.lock().unwrap() = Instant::now();
                 // A closed stdout/stderr of ours must not stop the copy (the buffer matters).
                 let _ = match sink {
                     Sink::Stdout => io::stdout().lock().write_all(data),
@@ -54,7 +59,16 @@ impl Pump {
             }
             let _ = tx.send(());
         });
-        Self { buf, done }
+        Self {
+            buf,
+            done,
+            last_read,
+        }
+    }
+
+    /// How long the pipe has been silent.
+    pub fn idle(&self) -> Duration {
+        self.last_read.lock().unwrap().elapsed()
     }
 
     /// A copy of what was captured so far.
@@ -76,12 +90,16 @@ pub enum Ended {
     Exited(ExitStatus),
     TimedOut,
     Cancelled,
+    /// `Watch::stalled` said the child makes no progress any more.
+    Stalled,
 }
 
 /// Limits on a supervised child.
 pub struct Watch<'a> {
     pub deadline: Instant,
     pub cancel: Option<&'a AtomicBool>,
+    /// Says the child is stuck (e.g. no output for too long): it is then killed.
+    pub stalled: Option<&'a dyn Fn() -> bool>,
 }
 
 impl Watch<'_> {
@@ -104,6 +122,8 @@ impl Watch<'_> {
                 Some(Ended::Cancelled)
             } else if now >= self.deadline {
                 Some(Ended::TimedOut)
+            } else if grace_end.is_none() && self.stalled.is_some_and(|stalled| stalled()) {
+                Some(Ended::Stalled)
             } else {
                 None
             };
