@@ -72,7 +72,13 @@ while [ ! -c "$devdir/$out" ] || [ ! -c "$devdir/$err" ] || [ ! -c "$devdir/$ctl
     find_ports
 done
 
-chroot /newroot /bin/sh "$dir/run.sh" <$devdir/null >"$devdir/$out" 2>"$devdir/$err"
+# Make the overlay the mount namespace's root, as switch_root does (keeping the initramfs):
+# after a bare chroot the initramfs stays the namespace's root, and a setns(CLONE_NEWNS)
+# into a container's namespace (runc exec) lands there instead of in the container.
+cd /newroot || status 254
+mount -o move . / || status 254
+devdir=./dev
+chroot . /bin/sh "$dir/run.sh" <$devdir/null >"$devdir/$out" 2>"$devdir/$err"
 rc=$?
 sync
 status "$rc"
