@@ -33,6 +33,18 @@ fn main() {
                 eprintln!("containerd-shim-sandbox-v2: {e}");
                 std::process::exit(1);
             }
+        } else if flags.action == "start" {
+            // containerd 1.x reads a bare address; the crate answers in 2.x's JSON.
+            if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            }
+            match start::start_server(start::legacy_start_opts(&flags)).await {
+                Ok(address) => print!("{address}"),
+                Err(e) => {
+                    eprintln!("containerd-shim-sandbox-v2: start: {e}");
+                    std::process::exit(1);
+                }
+            }
         } else {
             containerd_shim::asynchronous::run::<shimv2::ShimV2>(
                 shimv2::RUNTIME_ID,

@@ -62,18 +62,7 @@ impl Shim for ShimV2 {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let bundle = std::env::current_dir()
-            .map_err(|e| containerd_shim::Error::Other(format!("current directory: {e}")))?;
-        let spec = pod::read_spec(&bundle)
-            .map_err(|e| containerd_shim::Error::InvalidArgument(e.to_string()))?;
-        let grouping = Role::from_spec(&spec).grouping(&opts.id);
-        // A second container of a pod reaches the pod's socket: the new server finds it
-        // taken and answering, and exits; we print the same address.
-        let address = spawn(opts, &grouping, Vec::new()).await?;
-        std::fs::write(bundle.join(ADDRESS_FILE), &address).map_err(|e| {
-            containerd_shim::Error::Other(format!("{}: {e}", bundle.join(ADDRESS_FILE).display()))
-        })?;
-        Ok(address)
+        start_server(opts).await
     }
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<api::DeleteResponse> {
@@ -101,6 +90,37 @@ impl Shim for ShimV2 {
             namespace: self.namespace.clone(),
         });
         Service::new(Sandbox::new(self.cfg.clone()), events, self.exit.clone())
+    }
+}
+
+/// Starts the shim server for the task in the current directory (its bundle), or finds the
+/// pod's running one; returns the ttrpc address and records it in `<bundle>/address`.
+pub async fn start_server(opts: StartOpts) -> containerd_shim::Result<String> {
+    let bundle = std::env::current_dir()
+        .map_err(|e| containerd_shim::Error::Other(format!("current directory: {e}")))?;
+    let spec = pod::read_spec(&bundle)
+        .map_err(|e| containerd_shim::Error::InvalidArgument(e.to_string()))?;
+    let grouping = Role::from_spec(&spec).grouping(&opts.id);
+    // A second container of a pod reaches the pod's socket: the new server finds it
+    // taken and answering, and exits; we print the same address.
+    let address = spawn(opts, &grouping, Vec::new()).await?;
+    std::fs::write(bundle.join(ADDRESS_FILE), &address).map_err(|e| {
+        containerd_shim::Error::Other(format!("{}: {e}", bundle.join(ADDRESS_FILE).display()))
+    })?;
+    Ok(address)
+}
+
+/// The `start` options of containerd 1.x: flags, `$TTRPC_ADDRESS`; the runtime options on
+/// stdin are not used.
+pub fn legacy_start_opts(flags: &Flags) -> StartOpts {
+    StartOpts {
+        id: flags.id.clone(),
+        publish_binary: flags.publish_binary.clone(),
+        address: flags.address.clone(),
+        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+        namespace: flags.namespace.clone(),
+        debug: flags.debug,
+        ..Default::default()
     }
 }
 
