@@ -241,6 +241,7 @@ pub fn create_vcpus(
     control: &Arc<VcpuControl>,
     timer: Option<BootTimer>,
 ) -> Result<Vec<Vcpu>, BuildError> {
+    let supported = vcpu::SupportedCpuid::query(vm.kvm())?;
     (0..count)
         .map(|id| {
             let vcpu = Vcpu::new(
@@ -252,7 +253,7 @@ pub fn create_vcpus(
                 control.clone(),
                 if id == 0 { timer } else { None },
             )?;
-            vcpu.configure(vm.kvm(), count, entry.raw_value())?;
+            vcpu.configure(&supported, count, entry.raw_value())?;
             Ok(vcpu)
         })
         .collect()

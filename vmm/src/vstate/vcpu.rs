@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_bindings::{
-    kvm_mp_state, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED,
+    kvm_mp_state, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -35,6 +35,37 @@ pub enum VcpuError {
     Spawn { id: u8, source: std::io::Error },
     #[error("cannot install the vCPU kick signal handler: {0}")]
     SignalHandler(vmm_sys_util::errno::Error),
+    #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
+    SupportedCpuid(kvm_ioctls::Error),
+}
+
+/// What KVM can offer the guest's CPUs, asked once per VM and patched per vCPU: KVM builds
+/// the list by running CPUID on the host, and under nested virtualisation each of those
+/// instructions is a trip to the outer hypervisor (about 15 us each on the development hosts).
+pub struct SupportedCpuid {
+    entries: CpuId,
+    /// KVM_CAP_TSC_DEADLINE_TIMER: KVM emulates the timer but does not list it in CPUID.
+    tsc_deadline: bool,
+}
+
+impl SupportedCpuid {
+    pub fn query(kvm: &Kvm) -> Result<Self, VcpuError> {
+        let entries = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VcpuError::SupportedCpuid)?;
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        Ok(Self {
+            entries,
+            tsc_deadline,
+        })
+    }
+
+    /// The CPUID of vCPU `id` of `count`.
+    fn for_vcpu(&self, id: u8, count: u8) -> CpuId {
+        let mut cpuid = self.entries.clone();
+        cpuid::patch_cpuid(&mut cpuid, id, count, self.tsc_deadline);
+        cpuid
+    }
 }
 
 /// Run/pause state shared by the vCPU threads and the API.
@@ -134,13 +165,13 @@ impl Vcpu {
 
     /// CPUID, MSRs, FPU and LAPIC for every vCPU; registers and RUNNABLE state for the boot
     /// vCPU (which starts at `entry`); the others wait for INIT/SIPI from the guest.
-    pub fn configure(&self, kvm: &Kvm, count: u8, entry: u64) -> Result<(), VcpuError> {
-        let mut cpuid = self.ioctl(
-            "KVM_GET_SUPPORTED_CPUID",
-            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
-        )?;
-        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
-        cpuid::patch_cpuid(&mut cpuid, self.id, count, tsc_deadline);
+    pub fn configure(
+        &self,
+        supported: &SupportedCpuid,
+        count: u8,
+        entry: u64,
+    ) -> Result<(), VcpuError> {
+        let cpuid = supported.for_vcpu(self.id, count);
         self.ioctl("KVM_SET_CPUID2", self.fd.set_cpuid2(&cpuid))?;
 
         let msrs = msr::boot_msrs();

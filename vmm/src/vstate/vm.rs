@@ -1,8 +1,8 @@
-//! The KVM VM: created with an in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT, its TSS
-//! and identity-map pages placed in the MMIO gap, and guest memory registered as slots.
+//! The KVM VM: created with an in-kernel irqchip (PIC, IOAPIC, LAPICs), its TSS and
+//! identity-map pages placed in the MMIO gap, and guest memory registered as slots.
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::memory::GuestMemoryMmap;
@@ -50,8 +50,8 @@ impl Vm {
         Ok(Self { kvm, fd })
     }
 
-    /// TSS and identity map (used by VMX for real mode), then the irqchip and PIT.
-    /// Must run before vCPUs are created.
+    /// TSS and identity map (used by VMX for real mode), then the irqchip, and the PIT only
+    /// if [`Vm::needs_pit`]. Must run before vCPUs are created.
     pub fn setup_irqchip(&self) -> Result<(), VmError> {
         self.fd
             .set_tss_address(KVM_TSS_ADDRESS as usize)
@@ -60,11 +60,25 @@ impl Vm {
             .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
             .map_err(VmError::SetIdentityMap)?;
         self.fd.create_irq_chip().map_err(VmError::CreateIrqchip)?;
+        if !self.needs_pit() {
+            return Ok(());
+        }
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
         self.fd.create_pit2(pit).map_err(VmError::CreatePit)
+    }
+
+    /// Whether the guest needs an i8254 PIT. Linux leaves the PIT alone when it knows the
+    /// TSC frequency (kvmclock) and the LAPIC has the TSC-deadline timer and keeps running
+    /// in deep C-states (ARAT, which KVM always reports): `apic_needs_pit()` is then false.
+    /// We advertise TSC-deadline exactly when KVM emulates it, so the PIT is only created on
+    /// a KVM without it. An in-kernel PIT is not free: a kernel worker thread to start, and
+    /// at VM teardown that thread to stop plus four SRCU grace periods, which on a busy host
+    /// were 20 to 25 ms, most of the bare-guest start-to-exit time (docs/benchmarks.md).
+    pub fn needs_pit(&self) -> bool {
+        !self.kvm.check_extension(Cap::TscDeadlineTimer)
     }
 
     /// Registers each guest memory region as a KVM memory slot.
