@@ -11,6 +11,7 @@ mod log;
 mod machine;
 mod measure;
 mod memory;
+mod peak_rss;
 mod plot;
 mod report;
 mod run_true;
@@ -206,13 +207,14 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// `cargo build --release -p PACKAGE --bin BIN` with the cargo that runs us. When the build
-/// fails (others may be mid-edit in a shared checkout) an existing binary is used, with a warning.
+/// `cargo build --release -p PACKAGE --bin BIN` (for the VMM, the static build of
+/// `crate::boot::release_build_args`) with the cargo that runs us. When the build fails
+/// (others may be mid-edit in a shared checkout) an existing binary is used, with a warning.
 fn build(package: &str, bin: &str) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let path = artifacts::target_dir().join("release").join(bin);
     let status = Command::new(cargo)
-        .args(["build", "--release", "-p", package, "--bin", bin])
+        .args(crate::boot::release_build_args(package, bin))
         .current_dir(artifacts::workspace_root())
         .status()
         .context("running cargo build")?;
