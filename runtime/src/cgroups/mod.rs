@@ -359,24 +359,6 @@ fn parse_io_stat(text: &str) -> Vec<IoStat> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn io_stat_lines_become_entries() {
-        let text = "254:0 rbytes=4096 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n\
-                    8:16 rbytes=1 wbytes=2 rios=3 wios=4\nbad line\n";
-        let got = parse_io_stat(text);
-        assert_eq!(got.len(), 2);
-        assert_eq!(
-            (got[0].major, got[0].minor, got[0].rbytes, got[0].rios),
-            (254, 0, 4096, 1)
-        );
-        assert_eq!((got[1].wbytes, got[1].wios), (2, 4));
-    }
-}
-
 /// Best effort: turns on in `dir`'s subtree every controller `dir` has and does not pass
 /// down yet. A refusal (e.g. a parent with processes of its own) only means fewer figures.
 fn enable_available(dir: &Path) {
@@ -402,4 +384,22 @@ fn read_flat_keyed(path: &Path) -> Result<HashMap<String, u64>> {
             Some((k.to_string(), v.trim().parse().ok()?))
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_stat_lines_become_entries() {
+        let text = "254:0 rbytes=4096 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n\
+                    8:16 rbytes=1 wbytes=2 rios=3 wios=4\nbad line\n";
+        let got = parse_io_stat(text);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[0].major, got[0].minor, got[0].rbytes, got[0].rios),
+            (254, 0, 4096, 1)
+        );
+        assert_eq!((got[1].wbytes, got[1].wios), (2, 4));
+    }
 }

@@ -183,8 +183,19 @@ pub(crate) fn apply(dir: &Path, r: &LinuxResources) -> Result<()> {
             write(dir, "cpu.weight", weight.to_string())?;
         }
         if c.quota().is_some() || c.period().is_some() {
-            let quota = c.quota().map(max_or).unwrap_or_else(|| "max".into());
-            let period = c.period().unwrap_or(100_000);
+            // A field left out keeps what is in force (an `update` of the period alone).
+            let current = fs::read_to_string(dir.join("cpu.max")).unwrap_or_default();
+            let mut current = current.split_whitespace();
+            let (old_quota, old_period) = (current.next(), current.next());
+            let quota = c
+                .quota()
+                .map(max_or)
+                .or(old_quota.map(str::to_string))
+                .unwrap_or_else(|| "max".into());
+            let period = c
+                .period()
+                .or(old_period.and_then(|p| p.parse().ok()))
+                .unwrap_or(100_000);
             write(dir, "cpu.max", format!("{quota} {period}"))?;
         }
         if let Some(idle) = c.idle() {

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use super::{
-    Cli, Command, CreateArgs, DeleteArgs, EventsArgs, ExecArgs, KillArgs, ListArgs, PsArgs, RunArgs,
+    Cli, Command, CreateArgs, DeleteArgs, EventsArgs, ExecArgs, KillArgs, ListArgs, PsArgs,
+    RunArgs, UpdateArgs,
 };
 
 /// CLI failures; printed as one line.
@@ -54,8 +55,10 @@ pub trait Backend {
     fn list(&self, a: &ListArgs) -> Result<(), CliError>;
     /// `pause` (true) / `resume` (false).
     fn pause(&self, id: &str, pause: bool) -> Result<(), CliError>;
-    /// `events --stats`.
+    /// `events [--stats]`.
     fn events(&self, a: &EventsArgs) -> Result<(), CliError>;
+    /// `update`: new cgroup limits.
+    fn update(&self, a: &UpdateArgs) -> Result<(), CliError>;
 }
 
 /// The microVM backend: added by the host controller (issue 6).
@@ -95,6 +98,9 @@ impl Backend for MicroVm {
     fn events(&self, _: &EventsArgs) -> Result<(), CliError> {
         Err(CliError::VmUnavailable)
     }
+    fn update(&self, _: &UpdateArgs) -> Result<(), CliError> {
+        Err(CliError::VmUnavailable)
+    }
 }
 
 /// Picks the backend for the command line.
@@ -125,6 +131,7 @@ pub fn dispatch(b: &dyn Backend, cmd: &Command) -> Result<i32, CliError> {
         Command::Pause(a) => b.pause(&a.id, true)?,
         Command::Resume(a) => b.pause(&a.id, false)?,
         Command::Events(a) => b.events(a)?,
+        Command::Update(a) => b.update(a)?,
         Command::Spec(_) => unreachable!("handled before choosing a backend"),
     }
     Ok(0)

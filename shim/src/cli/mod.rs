@@ -2,8 +2,10 @@
 //! chosen by `--no-vm` (host namespaces only) or the microVM path (issue 6).
 
 pub mod backend;
+pub mod events;
 pub mod novm;
 pub mod spec;
+pub mod update;
 pub mod vm;
 
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub use backend::{select, Backend, CliError};
+pub use update::UpdateArgs;
 
 /// Default state root of the no-VM backend (runc uses /run/runc).
 pub const NOVM_ROOT: &str = "/run/sandbox-novm";
@@ -65,8 +68,10 @@ pub enum Command {
     Pause(IdArg),
     /// Thaw a paused container.
     Resume(IdArg),
-    /// Print a container's cgroup statistics as JSON.
+    /// Print a container's cgroup statistics (--stats: once) and OOM events as JSON.
     Events(EventsArgs),
+    /// Change a container's cgroup limits (runc's flags, or -r resources.json).
+    Update(UpdateArgs),
     /// Write a default config.json into the bundle directory.
     Spec(SpecArgs),
 }
@@ -192,9 +197,12 @@ pub struct ListArgs {
 /// `events` flags.
 #[derive(Debug, Args)]
 pub struct EventsArgs {
-    /// Print statistics once (the only mode supported).
+    /// Print statistics once and exit.
     #[arg(long)]
     pub stats: bool,
+    /// Interval between statistics while following (e.g. 5s, 500ms, 1m).
+    #[arg(long, default_value = "5s")]
+    pub interval: String,
     /// Container id.
     pub id: String,
 }

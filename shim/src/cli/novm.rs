@@ -10,7 +10,9 @@ use nix::unistd::Pid;
 use runtime::{Container, CreateOptions, ExecOptions, Process, State};
 
 use super::backend::{Backend, CliError};
-use super::{CreateArgs, DeleteArgs, EventsArgs, ExecArgs, KillArgs, ListArgs, PsArgs, RunArgs};
+use super::{
+    CreateArgs, DeleteArgs, EventsArgs, ExecArgs, KillArgs, ListArgs, PsArgs, RunArgs, UpdateArgs,
+};
 
 /// The backend; `root` is the state directory.
 pub struct NoVm {
@@ -315,15 +317,42 @@ impl Backend for NoVm {
     }
 
     fn events(&self, a: &EventsArgs) -> Result<(), CliError> {
+        let interval = super::events::parse_interval(&a.interval)?;
         let c = self.load(&a.id)?;
-        let v = serde_json::json!({
-            "type": "stats",
-            "id": a.id,
-            "data": c.stats()?,
-            "events": c.events()?,
-        });
-        println!("{v}");
-        Ok(())
+        let stats = |c: &Container| -> Result<String, CliError> {
+            let s = crate::controller::ContainerStats::from_runtime(&c.stats()?);
+            Ok(super::events::stats_line(&a.id, &s))
+        };
+        if a.stats {
+            println!("{}", stats(&c)?);
+            return Ok(());
+        }
+        let mut oom_kills = c.events()?.get("oom_kill").copied().unwrap_or(0);
+        let mut next_stats = std::time::Instant::now();
+        loop {
+            let Ok(c) = self.load(&a.id) else {
+                return Ok(());
+            };
+            let Ok(events) = c.events() else {
+                return Ok(());
+            };
+            let kills = events.get("oom_kill").copied().unwrap_or(0);
+            if kills > oom_kills {
+                println!("{}", super::events::oom_line(&a.id));
+            }
+            oom_kills = kills;
+            if std::time::Instant::now() >= next_stats {
+                println!("{}", stats(&c)?);
+                next_stats += interval;
+            }
+            std::thread::sleep(interval.min(std::time::Duration::from_millis(500)));
+        }
+    }
+
+    fn update(&self, a: &UpdateArgs) -> Result<(), CliError> {
+        let resources: runtime::LinuxResources = serde_json::from_value(a.resources()?)
+            .map_err(|e| CliError::Usage(format!("linux.resources: {e}")))?;
+        Ok(self.load(&a.id)?.update(&resources)?)
     }
 }
 

@@ -8,7 +8,9 @@ use crate::controller::{self, Config, ExecRequest, Record, Sandbox, Status};
 
 use super::backend::{Backend, CliError};
 use super::novm::parse_signal;
-use super::{CreateArgs, DeleteArgs, EventsArgs, ExecArgs, KillArgs, ListArgs, PsArgs, RunArgs};
+use super::{
+    CreateArgs, DeleteArgs, EventsArgs, ExecArgs, KillArgs, ListArgs, PsArgs, RunArgs, UpdateArgs,
+};
 
 /// The backend.
 pub struct Vm {
@@ -244,17 +246,53 @@ impl Backend for Vm {
         Ok(())
     }
 
-    fn pause(&self, _: &str, pause: bool) -> Result<(), CliError> {
-        Err(CliError::Usage(format!(
-            "{} is not supported by the microVM backend yet",
-            if pause { "pause" } else { "resume" }
-        )))
+    fn pause(&self, id: &str, pause: bool) -> Result<(), CliError> {
+        if pause {
+            Ok(self.sandbox.pause(id)?)
+        } else {
+            Ok(self.sandbox.resume(id)?)
+        }
     }
 
-    fn events(&self, _: &EventsArgs) -> Result<(), CliError> {
-        Err(CliError::Usage(
-            "events is not supported by the microVM backend yet".into(),
-        ))
+    fn events(&self, a: &EventsArgs) -> Result<(), CliError> {
+        let interval = super::events::parse_interval(&a.interval)?;
+        let handle = self.sandbox.handle(&a.id)?;
+        let print = |line: String| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        };
+        if a.stats {
+            print(super::events::stats_line(&a.id, &handle.stats()?));
+            return Ok(());
+        }
+        // Follow: OOM events as the agent reports them, stats every interval, until the VM
+        // (and so the container) is gone.
+        let listener = controller::EventListener::spawn(handle.client().clone());
+        let mut next_stats = std::time::Instant::now();
+        loop {
+            let now = std::time::Instant::now();
+            if now >= next_stats {
+                match handle.stats() {
+                    Ok(s) => print(super::events::stats_line(&a.id, &s)),
+                    Err(_) => return Ok(()),
+                }
+                next_stats = now + interval;
+            }
+            match listener.recv_timeout(next_stats.saturating_duration_since(now)) {
+                Ok(Some(controller::AgentEvent::Oom { container_id, .. }))
+                    if container_id == a.id =>
+                {
+                    print(super::events::oom_line(&a.id))
+                }
+                Ok(_) => {}
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+
+    fn update(&self, a: &UpdateArgs) -> Result<(), CliError> {
+        Ok(self.sandbox.update(&a.id, &a.resources()?)?)
     }
 }
 

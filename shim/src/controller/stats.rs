@@ -127,6 +127,53 @@ impl ContainerStats {
         }
     }
 
+    /// The runtime's figures of a container on this host (`sandbox --no-vm`).
+    pub fn from_runtime(s: &runtime::cgroups::Stats) -> ContainerStats {
+        let cpu = |k: &str| s.cpu_stat.get(k).copied().unwrap_or(0);
+        let event = |k: &str| s.memory_events.get(k).copied().unwrap_or(0);
+        ContainerStats {
+            pids: Pids {
+                current: s.pids_current,
+                limit: s.pids_max,
+            },
+            cpu: Cpu {
+                usage_usec: cpu("usage_usec"),
+                user_usec: cpu("user_usec"),
+                system_usec: cpu("system_usec"),
+                nr_periods: cpu("nr_periods"),
+                nr_throttled: cpu("nr_throttled"),
+                throttled_usec: cpu("throttled_usec"),
+            },
+            memory: Memory {
+                usage: s.memory_current.unwrap_or(0),
+                limit: s.memory_max,
+                swap_usage: s.memory_swap_current.unwrap_or(0),
+                swap_limit: s.memory_swap_max,
+                max_usage: s.memory_peak.unwrap_or(0),
+                stat: s.memory_stat.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            },
+            memory_events: MemoryEvents {
+                low: event("low"),
+                high: event("high"),
+                max: event("max"),
+                oom: event("oom"),
+                oom_kill: event("oom_kill"),
+            },
+            io: s
+                .io
+                .iter()
+                .map(|d| IoEntry {
+                    major: d.major,
+                    minor: d.minor,
+                    rbytes: d.rbytes,
+                    wbytes: d.wbytes,
+                    rios: d.rios,
+                    wios: d.wios,
+                })
+                .collect(),
+        }
+    }
+
     /// runc's `events --stats` `data` object (libcontainer's `types.Stats` as runc fills it
     /// on cgroup v2): cpu times in nanoseconds, "max" limits as 2^64-1, memory.stat as `raw`.
     pub fn to_runc(&self) -> serde_json::Value {
