@@ -134,44 +134,11 @@ impl BootConfig {
     /// Boots, waits for the marker and for the VMM's exit (killing it after `exit_timeout`).
     pub fn run(&self) -> Result<BootReport, Error> {
         let program = self.program();
-        let mut cmd = self.command();
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; it only asks for SIGKILL when we die.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let start = Instant::now();
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-        let (tx, lines) = mpsc::channel();
-        for pipe in [
-            child.stdout.take().map(OwnedFd::from),
-            child.stderr.take().map(OwnedFd::from),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let tx = tx.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(File::from(pipe)).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send((Instant::now(), line)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(tx);
+        let (start, mut child, lines) =
+            spawn_with_console(self.command()).map_err(|source| Error::Spawn {
+                program: program.clone(),
+                source,
+            })?;
 
         let mut console = String::new();
         let ready_deadline = start + self.ready_timeout;
@@ -244,6 +211,49 @@ impl BootConfig {
             console,
         })
     }
+}
+
+/// A console line and when it arrived.
+pub type ConsoleLine = (Instant, String);
+
+/// Starts a VMM in its own process group (killed if we die) and reads its stdout and stderr
+/// as lines on a channel, until both end; returns the start time, the child and the lines.
+pub fn spawn_with_console(
+    mut cmd: Command,
+) -> io::Result<(Instant, Child, mpsc::Receiver<ConsoleLine>)> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; it only asks for SIGKILL when we die.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn()?;
+    let (tx, lines) = mpsc::channel();
+    for pipe in [
+        child.stdout.take().map(OwnedFd::from),
+        child.stderr.take().map(OwnedFd::from),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(File::from(pipe)).lines() {
+                let Ok(line) = line else { break };
+                // Keep draining when nobody listens any more, so the VMM never blocks.
+                let _ = tx.send((Instant::now(), line));
+            }
+        });
+    }
+    Ok((start, child, lines))
 }
 
 /// Kills the VMM's process group; returns its status if it had already exited.

@@ -1,13 +1,8 @@
 //! A guest booted to agent-ready and left idle (the VMM keeps running): the boot of
 //! `sandbox_tests::boot` without `sandbox.exit_after_ready`. Killed on drop.
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader};
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::io;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use sandbox_tests::boot::{self, BootConfig};
@@ -56,45 +51,14 @@ fn idle_cmdline(cmdline: &str) -> String {
 impl IdleVm {
     /// Boots and waits for the ready line (the console keeps being drained afterwards).
     pub fn start(config: &BootConfig, timeout: Duration) -> Result<IdleVm, Error> {
-        let mut cmd = command(config);
+        let cmd = command(config);
         let program = cmd.get_program().to_string_lossy().into_owned();
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; it only asks for SIGKILL when we die.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let start = Instant::now();
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-            program: program.clone(),
-            source,
-        })?;
+        let (start, mut child, lines) =
+            boot::spawn_with_console(cmd).map_err(|source| Error::Spawn {
+                program: program.clone(),
+                source,
+            })?;
         super::log::line(&format!("idle: started {program} pid {}", child.id()));
-        let (tx, lines) = mpsc::channel();
-        for pipe in [
-            child.stdout.take().map(OwnedFd::from),
-            child.stderr.take().map(OwnedFd::from),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let tx = tx.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(File::from(pipe)).lines() {
-                    let Ok(line) = line else { break };
-                    // After the ready line nobody listens: keep draining regardless.
-                    let _ = tx.send((Instant::now(), line));
-                }
-            });
-        }
-        drop(tx);
         let mut console = String::new();
         let deadline = start + timeout;
         loop {
