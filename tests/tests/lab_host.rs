@@ -109,6 +109,54 @@ fn hanging_command_times_out_and_leaves_no_process() {
 }
 
 #[test]
+fn silent_lab_is_killed_as_stalled_with_the_output_so_far() {
+    let pid = Arc::new(AtomicU32::new(0));
+    let opts = Options {
+        timeout: Duration::from_secs(600),
+        idle_timeout: Some(Duration::from_secs(20)),
+        force_vm: true,
+        spawned_pid: Some(pid.clone()),
+        ..options()
+    };
+    let started = std::time::Instant::now();
+    let err = lab::run(
+        &argv(&["sh", "-c", "echo before; exec sleep 100000"]),
+        &opts,
+    )
+    .unwrap_err();
+    assert!(matches!(err, lab::Error::Stalled { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(300), "{err}");
+    let out = String::from_utf8_lossy(err.lab_died().expect("stalled lab keeps its output"));
+    assert_eq!(out.trim(), "before");
+    let pid = pid.load(Ordering::SeqCst);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "QEMU {pid} is left"
+    );
+}
+
+#[test]
+fn crashed_lab_host_is_reported_with_the_output_so_far() {
+    // What a kernel panic of the lab host looks like from outside: QEMU ends, no status.
+    let opts = Options {
+        force_vm: true,
+        ..options()
+    };
+    let err = lab::run(
+        &argv(&[
+            "sh",
+            "-c",
+            "echo before; echo c > /proc/sysrq-trigger; sleep 100000",
+        ]),
+        &opts,
+    )
+    .unwrap_err();
+    assert!(matches!(err, lab::Error::NoStatus { .. }), "{err}");
+    let out = String::from_utf8_lossy(err.lab_died().expect("crashed lab keeps its output"));
+    assert_eq!(out.trim(), "before");
+}
+
+#[test]
 fn empty_command_is_rejected() {
     assert!(matches!(
         lab::run(&[], &options()),
