@@ -1,5 +1,6 @@
 //! End to end: Debian's containerd 1.6 runs busybox through `containerd-shim-sandbox-v2`
-//! (`ctr run --runtime io.containerd.sandbox.v2`): output and exit code, exec, kill, a terminal,
+//! (`ctr run --runtime io.containerd.sandbox.v2`): output and exit code, exec, pause/resume,
+//! metrics, kill, a terminal,
 //! and `kill -9` of the shim leaving nothing behind once containerd has cleaned up.
 //! Needs real KVM: run in the lab (`cargo xtask test`). Binaries: the shim from the target dir
 //! (or `$SANDBOX_SHIM_BIN`), `sandbox-vmm` (`$SANDBOX_VMM` or `<target>/release`), the guest
@@ -148,6 +149,25 @@ fn ctr_exec_kill_and_delete() {
 
     let ps = run(&ctr, &["tasks", "ps", id]);
     assert!(ps.status.success(), "{ps:?}");
+
+    let status = |want: &str| {
+        let ls = run(&ctr, &["tasks", "ls"]);
+        assert!(
+            ls.stdout
+                .lines()
+                .any(|l| l.contains(id) && l.contains(want)),
+            "want {want}: {ls:?}"
+        );
+    };
+    let out = run(&ctr, &["tasks", "pause", id]);
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    status("PAUSED");
+    let out = run(&ctr, &["tasks", "resume", id]);
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    status("RUNNING");
+    let metrics = run(&ctr, &["tasks", "metrics", id]);
+    assert!(metrics.status.success(), "{metrics:?}\n{}", d.log());
+    assert!(metrics.stdout.contains("pids"), "{metrics:?}");
 
     let out = run(&ctr, &["tasks", "kill", "--signal", "SIGKILL", id]);
     assert!(out.status.success(), "{out:?}\n{}", d.log());

@@ -13,7 +13,7 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::ttrpc::{self, Code};
 
 use crate::agent_client::{self, AgentClient};
-use crate::controller::Sandbox;
+use crate::controller::{AgentEvent, ContainerHandle, EventListener, Sandbox};
 
 use super::events::{Event, Events};
 use super::io::{self, Relays};
@@ -182,6 +182,75 @@ impl Service {
         p.set_exit(exit);
     }
 
+    /// Freezes or thaws a task (the pause container only changes its status).
+    async fn set_paused(&self, id: &str, pause: bool) -> TtrpcResult<api::Empty> {
+        let status = self.with_process(id, "", |p| p.status)?;
+        let want = if pause {
+            Status::Running
+        } else {
+            Status::Paused
+        };
+        if status != want {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!(
+                    "task {id} is {status:?}: only a {want:?} task can be {}",
+                    if pause { "paused" } else { "resumed" }
+                ),
+            ));
+        }
+        if let Some(client) = self.client(id)? {
+            let id = id.to_string();
+            blocking(move || {
+                let handle = ContainerHandle::new(client, &id);
+                let res = if pause {
+                    handle.pause()
+                } else {
+                    handle.resume()
+                };
+                res.map_err(|e| error(Code::INTERNAL, format!("{id}: {e}")))
+            })
+            .await?;
+        }
+        self.with_process(id, "", |p| {
+            if p.status == want {
+                p.status = if pause {
+                    Status::Paused
+                } else {
+                    Status::Running
+                };
+            }
+        })?;
+        self.events.send(if pause {
+            Event::Paused { id: id.to_string() }
+        } else {
+            Event::Resumed { id: id.to_string() }
+        });
+        Ok(api::Empty::default())
+    }
+
+    /// Publishes TaskOOM for the task's OOM kills in the guest until the VM goes away.
+    fn watch_oom(&self, client: &AgentClient, id: &str) {
+        let events = self.events.clone();
+        let endpoint = client.endpoint().clone();
+        let id = id.to_string();
+        std::thread::spawn(move || {
+            // Its own connection: the long poll holds a call open.
+            let Ok(own) = AgentClient::connect(&endpoint, crate::controller::vm::CALL_TIMEOUT)
+            else {
+                return;
+            };
+            let listener = EventListener::spawn(own);
+            while let Some(Ok(event)) = listener.recv() {
+                if let AgentEvent::Oom { container_id, .. } = event {
+                    if container_id == id {
+                        events.send(Event::Oom { id: id.clone() });
+                    }
+                }
+            }
+        });
+    }
+
     async fn create_task(
         &self,
         req: api::CreateTaskRequest,
@@ -227,6 +296,9 @@ impl Service {
             })
             .await?
         };
+        if let Backend::Vm(client) = &backend {
+            self.watch_oom(client, &id);
+        }
         let mut init = Process::new("", stdio.clone(), Vec::new());
         init.pid = pid;
         self.lock().insert(
@@ -498,14 +570,7 @@ impl Task for Service {
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        self.client(&req.id)?;
-        Err(error(
-            Code::UNIMPLEMENTED,
-            format!(
-                "pause of {}: the microVM controller cannot pause yet",
-                req.id
-            ),
-        ))
+        self.set_paused(&req.id, true).await
     }
 
     async fn resume(
@@ -513,14 +578,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::ResumeRequest,
     ) -> TtrpcResult<api::Empty> {
-        self.client(&req.id)?;
-        Err(error(
-            Code::UNIMPLEMENTED,
-            format!(
-                "resume of {}: the microVM controller cannot resume yet",
-                req.id
-            ),
-        ))
+        self.set_paused(&req.id, false).await
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
@@ -654,14 +712,30 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
-        self.client(&req.id)?;
-        Err(error(
-            Code::UNIMPLEMENTED,
-            format!(
-                "update of {}: the microVM controller cannot update resources yet",
-                req.id
-            ),
-        ))
+        let Some(client) = self.client(&req.id)? else {
+            return Ok(api::Empty::default());
+        };
+        let value = req
+            .resources
+            .as_ref()
+            .map(|a: &Any| a.value.clone())
+            .unwrap_or_default();
+        let resources: serde_json::Value = serde_json::from_slice(&value).map_err(|e| {
+            error(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "update of {}: resources is not OCI linux.resources JSON: {e}",
+                    req.id
+                ),
+            )
+        })?;
+        blocking(move || {
+            ContainerHandle::new(client, &req.id)
+                .update(&resources)
+                .map_err(|e| error(Code::INTERNAL, format!("update of {}: {e}", req.id)))
+        })
+        .await?;
+        Ok(api::Empty::default())
     }
 
     async fn wait(
@@ -691,10 +765,15 @@ impl Task for Service {
                 format!("{} is a pod's pause container: it has no metrics", req.id),
             ));
         };
-        let stats = blocking(move || client.stats().map_err(|e| agent_error("Stats", e))).await?;
-        let metrics = super::stats::from_guest(&stats);
+        let id = req.id.clone();
+        let stats = blocking(move || {
+            ContainerHandle::new(client, &id)
+                .stats()
+                .map_err(|e| error(Code::INTERNAL, format!("stats of {id}: {e}")))
+        })
+        .await?;
         Ok(api::StatsResponse {
-            stats: Some(metrics).into(),
+            stats: Some(super::stats::to_any(&stats)).into(),
             ..Default::default()
         })
     }
