@@ -106,6 +106,16 @@ impl VmPaths {
 impl Vmm {
     /// Starts `sandbox-vmm` in its own process group (terminal signals stay with us).
     pub fn spawn(cfg: &Config, paths: &VmPaths, image: &Path) -> Result<Vmm, Error> {
+        Vmm::spawn_with_disks(cfg, paths, image, &[])
+    }
+
+    /// `spawn` with more read-only disks after the image (vdb, vdc, ... in the guest).
+    pub fn spawn_with_disks(
+        cfg: &Config,
+        paths: &VmPaths,
+        image: &Path,
+        disks: &[PathBuf],
+    ) -> Result<Vmm, Error> {
         let log = File::create(&paths.vmm_log).map_err(|source| Error::File {
             what: "VMM log",
             path: paths.vmm_log.clone(),
@@ -121,8 +131,11 @@ impl Vmm {
             .arg("--serial")
             .arg(&paths.console_log)
             .arg("--block")
-            .arg(format!("{},ro", image.display()))
-            .arg("--vsock")
+            .arg(format!("{},ro", image.display()));
+        for disk in disks {
+            cmd.arg("--block").arg(format!("{},ro", disk.display()));
+        }
+        cmd.arg("--vsock")
             .arg(format!("{GUEST_CID},{}", paths.vsock.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -23,13 +23,16 @@ use super::rootfs;
 
 /// Exit status reported when the VM went away before the process's exit was known.
 const LOST_EXIT_STATUS: u32 = 255;
+/// Disks a pod VM gets for the containers that join it over its life.
+const POD_SLOTS: usize = 4;
 
 /// How a task runs.
 enum Backend {
-    /// In its own microVM, reached through this client.
+    /// In its own microVM (a `ctr` container, or a pod's sandbox container whose VM the
+    /// pod's other containers join), reached through this client.
     Vm(AgentClient),
-    /// A pod's pause container: nothing runs; it "exits" when killed.
-    Placeholder,
+    /// In the microVM of pod `pod_id`.
+    Member { client: AgentClient, pod_id: String },
 }
 
 /// One task: a container and its exec processes.
@@ -109,14 +112,29 @@ impl Service {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The agent client of a task running in a VM.
-    fn client(&self, id: &str) -> Result<Option<AgentClient>, ttrpc::Error> {
+    /// The agent client of the VM a task runs in.
+    fn client(&self, id: &str) -> Result<AgentClient, ttrpc::Error> {
         let tasks = self.lock();
         let task = tasks.get(id).ok_or_else(|| not_found(id, ""))?;
         Ok(match &task.backend {
-            Backend::Vm(c) => Some(c.clone()),
-            Backend::Placeholder => None,
+            Backend::Vm(c) | Backend::Member { client: c, .. } => c.clone(),
         })
+    }
+
+    /// The client and the init pid of pod `pod_id`'s sandbox container in this shim.
+    fn pod(&self, pod_id: &str) -> Result<(AgentClient, u32), ttrpc::Error> {
+        let tasks = self.lock();
+        match tasks.get(pod_id) {
+            Some(Task_ {
+                backend: Backend::Vm(c),
+                init,
+                ..
+            }) => Ok((c.clone(), init.pid)),
+            _ => Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("pod sandbox {pod_id} is not served by this shim: create it first"),
+            )),
+        }
     }
 
     /// Runs `f` on the process (id, exec_id).
@@ -199,19 +217,18 @@ impl Service {
                 ),
             ));
         }
-        if let Some(client) = self.client(id)? {
-            let id = id.to_string();
-            blocking(move || {
-                let handle = ContainerHandle::new(client, &id);
-                let res = if pause {
-                    handle.pause()
-                } else {
-                    handle.resume()
-                };
-                res.map_err(|e| error(Code::INTERNAL, format!("{id}: {e}")))
-            })
-            .await?;
-        }
+        let client = self.client(id)?;
+        let owned = id.to_string();
+        blocking(move || {
+            let handle = ContainerHandle::new(client, &owned);
+            let res = if pause {
+                handle.pause()
+            } else {
+                handle.resume()
+            };
+            res.map_err(|e| error(Code::INTERNAL, format!("{owned}: {e}")))
+        })
+        .await?;
         self.with_process(id, "", |p| {
             if p.status == want {
                 p.status = if pause {
@@ -276,6 +293,10 @@ impl Service {
         let rootfs_dir = bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs"));
         let rootfs_mounted = !mounts.is_empty();
         let role = Role::from_spec(&spec);
+        let pod_vm = match &role {
+            Role::PodMember { sandbox_id } => Some(self.pod(sandbox_id)?),
+            Role::Standalone | Role::PodSandbox => None,
+        };
         let sandbox = self.sandbox.clone();
         let (backend, pid) = {
             let bundle = bundle.clone();
@@ -284,10 +305,12 @@ impl Service {
             blocking(move || {
                 rootfs::mount_all(&mounts, &rootfs_dir)
                     .map_err(|e| error(Code::INTERNAL, e.to_string()))?;
-                let created = if role == Role::PodSandbox {
-                    Ok((Backend::Placeholder, std::process::id()))
-                } else {
-                    create_vm(&sandbox, &id, &bundle, &stdio)
+                let created = match &role {
+                    Role::Standalone => create_vm(&sandbox, &id, &bundle, &stdio, 0),
+                    Role::PodSandbox => create_vm(&sandbox, &id, &bundle, &stdio, POD_SLOTS),
+                    Role::PodMember { sandbox_id } => {
+                        join_pod(&sandbox, sandbox_id, pod_vm, &id, &bundle, spec, &stdio)
+                    }
                 };
                 if created.is_err() && rootfs_mounted {
                     rootfs::unmount(&rootfs_dir);
@@ -334,18 +357,6 @@ impl Service {
                 format!("process {id}/{exec_id} was already started"),
             ));
         }
-        let Some(client) = client else {
-            // The pause container: it "runs" until killed.
-            self.with_process(id, exec_id, |p| p.status = Status::Running)?;
-            self.events.send(Event::Start {
-                id: id.to_string(),
-                pid,
-            });
-            return Ok(api::StartResponse {
-                pid,
-                ..Default::default()
-            });
-        };
         let (c, i, e) = (client.clone(), id.to_string(), exec_id.to_string());
         let (pid, relays) = blocking(move || {
             if e.is_empty() {
@@ -423,8 +434,14 @@ impl Service {
         let sandbox = self.sandbox.clone();
         let id_owned = id.to_string();
         blocking(move || {
-            if let Backend::Vm(_) = task.backend {
-                remove_vm(&sandbox, &id_owned);
+            match task.backend {
+                Backend::Vm(_) => remove_vm(&sandbox, &id_owned),
+                Backend::Member { client, pod_id } => {
+                    if let Err(e) = client.remove_container(&id_owned, true) {
+                        log::warn!("removing {id_owned} from pod {pod_id}: {e}");
+                    }
+                    sandbox.leave_pod(&pod_id, &id_owned);
+                }
             }
             if task.rootfs_mounted {
                 rootfs::unmount(&task.bundle.join("rootfs"));
@@ -447,17 +464,57 @@ impl Service {
     }
 }
 
-/// Boots the VM and creates the container in it, stdio announced.
+/// Boots the VM (with `slots` disks for a pod's later containers) and creates the container
+/// in it, stdio announced.
 fn create_vm(
     sandbox: &Sandbox,
     id: &str,
     bundle: &Path,
     stdio: &StdioPaths,
+    slots: usize,
 ) -> Result<(Backend, u32), ttrpc::Error> {
     let (_record, client, pid) = sandbox
-        .create_attached(id, bundle, io::announced(stdio))
+        .create_pod(id, bundle, io::announced(stdio), slots)
         .map_err(|e| error(Code::INTERNAL, format!("creating {id}: {e}")))?;
     Ok((Backend::Vm(client), pid))
+}
+
+/// Creates a container of a pod in the pod's VM: its namespaces are the pod's (the sandbox
+/// container's, by its pid in the guest) and its image arrives on one of the pod's slots.
+fn join_pod(
+    sandbox: &Sandbox,
+    pod_id: &str,
+    pod_vm: Option<(AgentClient, u32)>,
+    id: &str,
+    bundle: &Path,
+    mut spec: serde_json::Value,
+    stdio: &StdioPaths,
+) -> Result<(Backend, u32), ttrpc::Error> {
+    let (client, pod_pid) =
+        pod_vm.ok_or_else(|| error(Code::INTERNAL, format!("pod {pod_id} has no VM")))?;
+    pod::join_namespaces(&mut spec, pod_pid);
+    let pid = sandbox
+        .join_pod(
+            pod_id,
+            id,
+            bundle,
+            &spec.to_string(),
+            io::announced(stdio),
+            &client,
+        )
+        .map_err(|e| {
+            error(
+                Code::INTERNAL,
+                format!("creating {id} in pod {pod_id}: {e}"),
+            )
+        })?;
+    Ok((
+        Backend::Member {
+            client,
+            pod_id: pod_id.to_string(),
+        },
+        pid,
+    ))
 }
 
 /// Stops a task's VM and removes its state; also reaps the VMM (our child).
@@ -540,16 +597,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        let Some(client) = self.client(&req.id)? else {
-            let pid = self.with_process(&req.id, "", |p| p.pid)?;
-            return Ok(api::PidsResponse {
-                processes: vec![containerd_shim_protos::types::task::ProcessInfo {
-                    pid,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            });
-        };
+        let client = self.client(&req.id)?;
         let id = req.id.clone();
         let procs = blocking(move || {
             client
@@ -589,13 +637,7 @@ impl Task for Service {
                 format!("process {}/{} already finished", req.id, req.exec_id),
             ));
         }
-        let Some(client) = self.client(&req.id)? else {
-            // The pause container ends on any signal that would end `pause`.
-            if req.signal != libc::SIGCHLD as u32 && req.signal != libc::SIGWINCH as u32 {
-                self.exited(&req.id, "", Exit::new(128 + req.signal));
-            }
-            return Ok(api::Empty::default());
-        };
+        let client = self.client(&req.id)?;
         let status = self.with_process(&req.id, &req.exec_id, |p| p.status)?;
         if status == Status::Created && req.exec_id.is_empty() {
             // Never started: nothing runs in the guest yet; containerd expects it to end.
@@ -623,15 +665,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
-        if self.client(&req.id)?.is_none() {
-            return Err(error(
-                Code::FAILED_PRECONDITION,
-                format!(
-                    "{} is a pod's pause container: nothing can run in it",
-                    req.id
-                ),
-            ));
-        }
+        self.client(&req.id)?;
         if req.exec_id.is_empty() {
             return Err(error(Code::INVALID_ARGUMENT, "exec_id is empty"));
         }
@@ -673,9 +707,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        let Some(client) = self.client(&req.id)? else {
-            return Ok(api::Empty::default());
-        };
+        let client = self.client(&req.id)?;
         let rows = u16::try_from(req.height).unwrap_or(u16::MAX);
         let cols = u16::try_from(req.width).unwrap_or(u16::MAX);
         blocking(move || {
@@ -692,9 +724,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
-        let Some(client) = self.client(&req.id)? else {
-            return Ok(api::Empty::default());
-        };
+        let client = self.client(&req.id)?;
         if !req.stdin {
             return Ok(api::Empty::default());
         }
@@ -712,9 +742,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
-        let Some(client) = self.client(&req.id)? else {
-            return Ok(api::Empty::default());
-        };
+        let client = self.client(&req.id)?;
         let value = req
             .resources
             .as_ref()
@@ -759,12 +787,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let Some(client) = self.client(&req.id)? else {
-            return Err(error(
-                Code::NOT_FOUND,
-                format!("{} is a pod's pause container: it has no metrics", req.id),
-            ));
-        };
+        let client = self.client(&req.id)?;
         let id = req.id.clone();
         let stats = blocking(move || {
             ContainerHandle::new(client, &id)
