@@ -30,7 +30,7 @@ pub enum Error {
 pub enum Role {
     /// Not a CRI container (e.g. `ctr run`): a pod of its own.
     Standalone,
-    /// The pod's pause container: it holds the pod but needs no VM of its own.
+    /// The pod's pause container: it boots the pod's VM and holds the pod's namespaces.
     PodSandbox,
     /// An app container of the pod `sandbox_id`.
     PodMember { sandbox_id: String },

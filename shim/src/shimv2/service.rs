@@ -1,5 +1,5 @@
-//! The Task API containerd calls: each task is a container in a microVM (or, for a pod's
-//! pause container, a placeholder that needs no VM); each call maps to the agent API.
+//! The Task API containerd calls: each task is a container in a microVM (its own, or its
+//! pod's, which the pod's sandbox container booted); each call maps to the agent API.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
