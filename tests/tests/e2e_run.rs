@@ -564,3 +564,348 @@ fn tty_reports_its_size_and_follows_resizes() {
     assert_eq!(status.code(), Some(0), "{seen}");
     env.assert_clean();
 }
+
+/// Reads lines of `from` into a channel, so the test can wait for them with a deadline.
+fn line_channel(from: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Every line that arrives within `wait`.
+fn lines_within(rx: &std::sync::mpsc::Receiver<String>, wait: Duration) -> Vec<String> {
+    let end = std::time::Instant::now() + wait;
+    let mut out = Vec::new();
+    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) => out.push(l),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// The `data` object of `sandbox events --stats ID`.
+fn stats_of(env: &Env, id: &str) -> Value {
+    let line = env.ok(&["events", "--stats", id]);
+    let v: Value = serde_json::from_str(line.trim()).expect("events --stats prints JSON");
+    assert_eq!(
+        (v["type"].as_str(), v["id"].as_str()),
+        (Some("stats"), Some(id)),
+        "{v}"
+    );
+    v["data"].clone()
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn pause_resume_stats_and_update_of_a_running_container() {
+    let env = Env::new("pause");
+    let b = bundle(
+        "e2e-pause",
+        "i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done",
+    );
+    // A cgroup namespace and mount, so the container can read its own memory.max.
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "cgroup"}));
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]
+        }));
+    });
+    let mut child = env
+        .cmd()
+        .args(["run", "--bundle", path_str(b.path()), "counter"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = line_channel(child.stdout.take().unwrap());
+    env.wait_status("counter", "running", Some(&mut child));
+    let counting = lines_within(&lines, Duration::from_secs(3));
+    assert!(counting.len() >= 3, "not counting: {counting:?}");
+
+    env.ok(&["pause", "counter"]);
+    assert_eq!(env.state("counter")["status"], "paused");
+    // What was in flight when the freezer closed may still arrive; then nothing.
+    let _ = lines_within(&lines, Duration::from_secs(1));
+    let frozen = lines_within(&lines, Duration::from_secs(3));
+    assert!(frozen.is_empty(), "counted while paused: {frozen:?}");
+    let out = env.sandbox(&["delete", "counter"]);
+    assert!(
+        !out.status.success(),
+        "a paused container was deleted: {}",
+        show(&out)
+    );
+
+    env.ok(&["resume", "counter"]);
+    assert_eq!(env.state("counter")["status"], "running");
+    let resumed = lines_within(&lines, Duration::from_secs(3));
+    assert!(resumed.len() >= 3, "not counting after resume: {resumed:?}");
+    let out = env.sandbox(&["resume", "counter"]);
+    assert!(
+        !out.status.success(),
+        "resume of a running container: {}",
+        show(&out)
+    );
+
+    // events --stats: runc's JSON with the guest's figures.
+    let data = stats_of(&env, "counter");
+    let usage = data["memory"]["usage"]["usage"].as_u64().unwrap_or(0);
+    assert!(usage > 0, "no memory usage: {data}");
+    assert!(data["pids"]["current"].as_u64().unwrap_or(0) >= 1, "{data}");
+    assert!(
+        data["cpu"]["usage"]["total"].as_u64().unwrap_or(0) > 0,
+        "{data}"
+    );
+
+    // update: limits reach the guest's cgroup.
+    env.ok(&[
+        "update",
+        "--memory",
+        "48m",
+        "--pids-limit",
+        "50",
+        "--cpu-quota",
+        "50000",
+        "--cpu-period",
+        "100000",
+        "counter",
+    ]);
+    let inside = env.ok(&[
+        "exec",
+        "counter",
+        "cat",
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/pids.max",
+        "/sys/fs/cgroup/cpu.max",
+    ]);
+    assert_eq!(inside, format!("{}\n50\n50000 100000\n", 48 << 20));
+    let data = stats_of(&env, "counter");
+    assert_eq!(data["memory"]["usage"]["limit"], 48 << 20, "{data}");
+    assert_eq!(data["pids"]["limit"], 50, "{data}");
+    let out = env.sandbox(&["update", "--memory", "lots", "counter"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--memory"),
+        "{}",
+        show(&out)
+    );
+
+    env.ok(&["kill", "counter", "KILL"]);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(137));
+    env.assert_clean();
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn a_container_over_its_memory_limit_yields_an_oom_event() {
+    let env = Env::new("oom");
+    // tail keeps a line that never ends: it grows until the limit kills it.
+    let b = bundle("e2e-oom", "sleep 1; exec tail /dev/zero");
+    b.edit(|c| c["linux"]["resources"]["memory"] = json!({"limit": 24 << 20}));
+    env.ok(&["run", "--detach", "--bundle", path_str(b.path()), "hog"]);
+    let mut events = env
+        .cmd()
+        .args(["events", "--interval", "1s", "hog"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = line_channel(events.stdout.take().unwrap());
+    let begin = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let oom = loop {
+        if begin.elapsed() > Duration::from_secs(90) {
+            break false;
+        }
+        match lines.recv_timeout(Duration::from_secs(1)) {
+            Ok(l) => {
+                let v: Value = serde_json::from_str(&l).expect("events prints JSON lines");
+                if v["type"] == "oom" {
+                    assert_eq!(v["id"], "hog");
+                    break true;
+                }
+                seen.push(l);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break false,
+        }
+    };
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(oom, "no oom event; events printed: {seen:?}");
+    env.wait_status("hog", "stopped", None);
+    let data = stats_of(&env, "hog");
+    assert!(
+        data["memory"]["usage"]["failcnt"].as_u64().unwrap_or(0) >= 1,
+        "memory.events max not counted: {data}"
+    );
+    env.ok(&["delete", "hog"]);
+    env.assert_clean();
+}
+
+/// Processes of this host whose command line contains every word of `words`.
+fn host_processes_with(words: &[&str]) -> Vec<String> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| words.iter().all(|w| c.contains(w)))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn create_with_console_socket_hands_over_a_pty_that_carries_the_container_terminal() {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    use std::os::unix::net::UnixListener;
+
+    let env = Env::new("console");
+    let b = bundle(
+        "e2e-console",
+        "echo hello-tty; stty size; read x; echo got-$x; stty size; read y",
+    );
+    b.edit(|c| c["process"]["terminal"] = json!(true));
+    let dir = env.root.parent().unwrap().to_path_buf();
+    fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    // A terminal without a socket is refused for a detached container, as runc does.
+    let out = env.sandbox(&["create", "--bundle", path_str(b.path()), "nosock"]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--console-socket"));
+
+    let receiver = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut name = [0u8; 256];
+        let mut iov = [std::io::IoSliceMut::new(&mut name)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let mut fd = None;
+        for c in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                fd = fds.first().copied();
+            }
+        }
+        // SAFETY: SCM_RIGHTS gave us this new descriptor; nothing else owns it.
+        unsafe { OwnedFd::from_raw_fd(fd.expect("a descriptor in the message")) }
+    });
+    env.ok(&[
+        "create",
+        "--console-socket",
+        path_str(&sock),
+        "--bundle",
+        path_str(b.path()),
+        "tty",
+    ]);
+    let master = receiver.join().unwrap();
+    assert!(
+        nix::unistd::isatty(master.as_raw_fd()).unwrap(),
+        "not a pty"
+    );
+    let ws = libc::winsize {
+        ws_row: 25,
+        ws_col: 81,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer; the fd is the open master.
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
+    // The relay passes the size on; give it a moment before the shell reads it.
+    std::thread::sleep(Duration::from_secs(1));
+    env.ok(&["start", "tty"]);
+    let mut master = fs::File::from(master);
+    let lines = {
+        let reader = master.try_clone().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let mut reader = reader;
+            let mut buf = [0u8; 4096];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if tx
+                            .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        rx
+    };
+    let mut seen = String::new();
+    let read_until = |want: &str, seen: &mut String| {
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        while !seen.contains(want) {
+            let left = end
+                .checked_duration_since(std::time::Instant::now())
+                .unwrap_or_else(|| panic!("no {want:?} on the pty; got {seen:?}"));
+            match lines.recv_timeout(left) {
+                Ok(s) => seen.push_str(&s),
+                Err(_) => panic!("pty ended before {want:?}; got {seen:?}"),
+            }
+        }
+    };
+    read_until("hello-tty", &mut seen);
+    read_until("25 81", &mut seen);
+    assert_eq!(env.state("tty")["status"], "running");
+    // A resize of the master reaches the guest's terminal.
+    let ws = libc::winsize {
+        ws_row: 40,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    master.write_all(b"abc\r").unwrap();
+    read_until("got-abc", &mut seen);
+    read_until("40 100", &mut seen);
+    master.write_all(b"bye\r").unwrap();
+    env.wait_status("tty", "stopped", None);
+    drop(master);
+    env.ok(&["delete", "tty"]);
+    // The relay ends with the container's terminal.
+    let begin = std::time::Instant::now();
+    while !host_processes_with(&["tty-relay", "tty"]).is_empty() {
+        assert!(
+            begin.elapsed() < Duration::from_secs(10),
+            "relay left: {:?}",
+            host_processes_with(&["tty-relay", "tty"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    env.assert_clean();
+}

@@ -132,7 +132,9 @@ pub fn dispatch(b: &dyn Backend, cmd: &Command) -> Result<i32, CliError> {
         Command::Resume(a) => b.pause(&a.id, false)?,
         Command::Events(a) => b.events(a)?,
         Command::Update(a) => b.update(a)?,
-        Command::Spec(_) => unreachable!("handled before choosing a backend"),
+        Command::Spec(_) | Command::TtyRelay(_) => {
+            unreachable!("handled before choosing a backend")
+        }
     }
     Ok(0)
 }

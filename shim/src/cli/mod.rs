@@ -72,6 +72,9 @@ pub enum Command {
     Events(EventsArgs),
     /// Change a container's cgroup limits (runc's flags, or -r resources.json).
     Update(UpdateArgs),
+    /// Internal: relays a host pty (fd 4) to a guest terminal stream (fd 3).
+    #[command(hide = true)]
+    TtyRelay(TtyRelayArgs),
     /// Write a default config.json into the bundle directory.
     Spec(SpecArgs),
 }
@@ -207,6 +210,20 @@ pub struct EventsArgs {
     pub id: String,
 }
 
+/// `tty-relay` arguments (started by `--console-socket`, never by users).
+#[derive(Debug, Args)]
+pub struct TtyRelayArgs {
+    /// The VMM's hybrid vsock socket.
+    #[arg(long)]
+    pub vsock: PathBuf,
+    /// The container.
+    #[arg(long)]
+    pub container_id: String,
+    /// The process ("" for the init).
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    pub exec_id: String,
+}
+
 /// `spec` flags.
 #[derive(Debug, Args)]
 pub struct SpecArgs {
@@ -219,6 +236,18 @@ pub struct SpecArgs {
 pub fn run(cli: &Cli) -> Result<i32, CliError> {
     if let Command::Spec(a) = &cli.command {
         spec::write_default(&a.bundle)?;
+        return Ok(0);
+    }
+    if let Command::TtyRelay(a) = &cli.command {
+        let target = crate::controller::console::RelayTarget {
+            vsock: a.vsock.clone(),
+            container_id: a.container_id.clone(),
+            exec_id: a.exec_id.clone(),
+        };
+        crate::controller::console::relay_main(&target).map_err(|source| CliError::File {
+            path: a.vsock.clone(),
+            source,
+        })?;
         return Ok(0);
     }
     let backend = select(cli)?;

@@ -38,15 +38,6 @@ fn id_and_bundle(a: &CreateArgs) -> (String, PathBuf) {
     }
 }
 
-fn no_console_socket(flag: &Option<PathBuf>) -> Result<(), CliError> {
-    match flag {
-        Some(_) => Err(CliError::Usage(
-            "--console-socket is not supported by the microVM backend yet".into(),
-        )),
-        None => Ok(()),
-    }
-}
-
 /// runc's `state` JSON.
 fn state_json(r: &Record, status: Status) -> serde_json::Value {
     serde_json::json!({
@@ -137,10 +128,12 @@ impl Vm {
 
 impl Backend for Vm {
     fn run(&self, a: &RunArgs) -> Result<i32, CliError> {
-        no_console_socket(&a.create.console_socket)?;
         let (id, bundle) = id_and_bundle(&a.create);
+        let console = a.create.console_socket.as_deref();
         if a.detach {
-            let record = self.sandbox.run_detached(&id, &bundle)?;
+            let record = self
+                .sandbox
+                .run_detached_with_console(&id, &bundle, console)?;
             if let Some(p) = &a.create.pid_file {
                 controller::sandbox::write_pid_file(p, record.pid)?;
             }
@@ -148,13 +141,14 @@ impl Backend for Vm {
         }
         Ok(self
             .sandbox
-            .run(&id, &bundle, a.create.pid_file.as_deref())?)
+            .run_with_console(&id, &bundle, a.create.pid_file.as_deref(), console)?)
     }
 
     fn create(&self, a: &CreateArgs) -> Result<(), CliError> {
-        no_console_socket(&a.console_socket)?;
         let (id, bundle) = id_and_bundle(a);
-        let record = self.sandbox.create(&id, &bundle)?;
+        let record = self
+            .sandbox
+            .create_with_console(&id, &bundle, a.console_socket.as_deref())?;
         if let Some(p) = &a.pid_file {
             controller::sandbox::write_pid_file(p, record.pid)?;
         }
@@ -185,16 +179,16 @@ impl Backend for Vm {
     }
 
     fn exec(&self, a: &ExecArgs) -> Result<i32, CliError> {
-        no_console_socket(&a.console_socket)?;
-        if a.tty && a.detach {
+        if a.tty && a.detach && a.console_socket.is_none() {
             return Err(CliError::Usage(
-                "exec --tty --detach needs --console-socket, which the microVM backend does not support yet".into(),
+                "exec --tty --detach needs --console-socket (the pty master goes there)".into(),
             ));
         }
         let process = self.exec_process(a)?;
         let req = ExecRequest {
             process,
             detach: a.detach,
+            console_socket: a.console_socket.clone(),
         };
         Ok(self.sandbox.exec(&a.id, &req)?)
     }

@@ -2,6 +2,7 @@
 //! stdio) and keeps a runc-like state directory per container under the state root.
 
 pub mod config;
+pub mod console;
 pub mod container;
 pub mod events;
 pub mod image;
@@ -34,6 +35,8 @@ pub enum Error {
     Vm(#[from] vm::Error),
     #[error(transparent)]
     Agent(#[from] crate::agent_client::Error),
+    #[error(transparent)]
+    Console(#[from] console::Error),
     #[error("bundle {bundle}: {reason}")]
     Bundle {
         bundle: std::path::PathBuf,

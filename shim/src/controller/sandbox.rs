@@ -12,6 +12,7 @@ use protocol::agent::{ContainerStatus, ProcessInfo};
 use crate::agent_client::{AgentClient, Endpoint, RootfsDevice, StdioSet};
 
 use super::config::Config;
+use super::console;
 use super::container::ContainerHandle;
 use super::image::{Cache, Image};
 use super::state::{self, Record, Root, Status};
@@ -36,6 +37,8 @@ pub struct ExecRequest {
     pub process: serde_json::Value,
     /// Return once started, with no stdio attached.
     pub detach: bool,
+    /// With a terminal: the pty master goes to this socket instead of our stdio.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// The controller for one state root.
@@ -213,17 +216,58 @@ impl Sandbox {
     /// `create`: the VM and a container waiting for `start`; the VMM keeps running after we
     /// return. A detached container's stdio is /dev/null in the guest.
     pub fn create(&self, id: &str, bundle: &Path) -> Result<Record, Error> {
+        self.create_with_console(id, bundle, None)
+    }
+
+    /// `create --console-socket`: as `create`; a container with `process.terminal` needs the
+    /// socket, which receives a host pty relayed to the guest's terminal (see `console`).
+    pub fn create_with_console(
+        &self,
+        id: &str,
+        bundle: &Path,
+        console_socket: Option<&Path>,
+    ) -> Result<Record, Error> {
         let mut phases = Phases::new(self.cfg.debug);
-        let spec_terminal = BundleSpec::load(bundle)?.terminal;
-        if spec_terminal {
-            return Err(Error::Bundle {
-                bundle: bundle.to_path_buf(),
-                reason: "process.terminal is true: a detached container cannot have a terminal in the microVM backend (run it in the foreground)".into(),
-            });
-        }
+        let terminal = BundleSpec::load(bundle)?.terminal;
+        check_console(terminal, console_socket).map_err(|reason| Error::Bundle {
+            bundle: bundle.to_path_buf(),
+            reason,
+        })?;
         let created = self.create_vm(id, bundle, StdioSet::default(), &mut phases, None, 0)?;
+        if let Some(socket) = console_socket {
+            if let Err(e) = self.hand_over_tty(&created.client, &created.record, "", socket) {
+                let Created {
+                    record, mut vmm, ..
+                } = created;
+                vmm.stop(None, Duration::ZERO);
+                self.forget(&record);
+                return Err(e);
+            }
+        }
         created.vmm.detach();
         Ok(created.record)
+    }
+
+    /// Sends a host pty to `socket` and starts the relay to the process's guest terminal.
+    fn hand_over_tty(
+        &self,
+        client: &AgentClient,
+        record: &Record,
+        exec_id: &str,
+        socket: &Path,
+    ) -> Result<u32, Error> {
+        let tty = client.open_stream(&record.id, exec_id, crate::agent_client::StreamKind::Tty)?;
+        let target = console::RelayTarget {
+            vsock: record.vsock.clone(),
+            container_id: record.id.clone(),
+            exec_id: exec_id.to_string(),
+        };
+        Ok(console::hand_over(
+            socket,
+            tty,
+            &target,
+            &console::current_exe()?,
+        )?)
     }
 
     /// `create` for a caller that relays stdio itself (the containerd shim): the streams of
@@ -341,7 +385,17 @@ impl Sandbox {
 
     /// `run --detach`: create + start, returning with the VM running.
     pub fn run_detached(&self, id: &str, bundle: &Path) -> Result<Record, Error> {
-        let mut record = self.create(id, bundle)?;
+        self.run_detached_with_console(id, bundle, None)
+    }
+
+    /// `run --detach --console-socket`.
+    pub fn run_detached_with_console(
+        &self,
+        id: &str,
+        bundle: &Path,
+        console_socket: Option<&Path>,
+    ) -> Result<Record, Error> {
+        let mut record = self.create_with_console(id, bundle, console_socket)?;
         let client = self.connect(&record)?;
         client.start_container(id)?;
         record.status = Status::Running;
@@ -353,6 +407,25 @@ impl Sandbox {
     /// one), signals forwarded; returns the exit code (128+N after signal N) once everything
     /// is removed.
     pub fn run(&self, id: &str, bundle: &Path, pid_file: Option<&Path>) -> Result<i32, Error> {
+        self.run_with_console(id, bundle, pid_file, None)
+    }
+
+    /// `run --console-socket` in the foreground: the terminal goes to the socket (through the
+    /// relay) instead of our stdio; we wait, forward signals and clean up as `run` does.
+    pub fn run_with_console(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: Option<&Path>,
+        console_socket: Option<&Path>,
+    ) -> Result<i32, Error> {
+        if console_socket.is_some() {
+            let terminal = BundleSpec::load(bundle)?.terminal;
+            check_console(terminal, console_socket).map_err(|reason| Error::Bundle {
+                bundle: bundle.to_path_buf(),
+                reason,
+            })?;
+        }
         let sigset = signals::block().map_err(|e| Error::Io {
             what: "blocking signals".into(),
             source: e.into(),
@@ -377,6 +450,17 @@ impl Sandbox {
         let result = (|| {
             if let Some(path) = pid_file {
                 write_pid_file(path, record.pid)?;
+            }
+            if let Some(socket) = console_socket {
+                let relay = self.hand_over_tty(&client, &record, "", socket)?;
+                client.start_container(id)?;
+                record.status = Status::Running;
+                self.root.save(&record)?;
+                phases.mark("start");
+                fwd.started(&client, id, "", false);
+                let status = client.wait_process(id, "")?;
+                wait_relay(relay);
+                return Ok(status.code());
             }
             let raw = if spec.terminal {
                 RawMode::enable(stdin_fd())
@@ -414,6 +498,25 @@ impl Sandbox {
         let terminal = req.process["terminal"].as_bool().unwrap_or(false);
         let exec_id = state::generate_id().replacen("sbx", "exec", 1);
         let process_json = req.process.to_string();
+        if req.detach || req.console_socket.is_some() {
+            check_console(terminal, req.console_socket.as_deref()).map_err(|reason| {
+                Error::Container {
+                    id: id.to_string(),
+                    reason: format!("exec: {reason}"),
+                }
+            })?;
+        }
+        if let Some(socket) = &req.console_socket {
+            client.exec_process(id, &exec_id, &process_json, StdioSet::default(), true)?;
+            let relay = self.hand_over_tty(&client, &record, &exec_id, socket)?;
+            let Some(sigset) = sigset else {
+                return Ok(0);
+            };
+            Forwarder::spawn(sigset).started(&client, id, &exec_id, false);
+            let status = client.wait_process(id, &exec_id)?;
+            wait_relay(relay);
+            return Ok(status.code());
+        }
         let Some(sigset) = sigset else {
             client.exec_process(id, &exec_id, &process_json, StdioSet::default(), false)?;
             return Ok(0);
@@ -577,6 +680,35 @@ impl Sandbox {
             });
         }
         Ok(AgentClient::connect(&endpoint(record), CONNECT_TIMEOUT)?)
+    }
+}
+
+/// runc's rules: a terminal needs a console socket when nobody attaches to it here (checked
+/// by the callers that detach), and a console socket needs a terminal.
+fn check_console(terminal: bool, console_socket: Option<&Path>) -> Result<(), String> {
+    match (terminal, console_socket) {
+        (true, None) => Err(
+            "process.terminal is true: a detached process with a terminal needs --console-socket"
+                .into(),
+        ),
+        (false, Some(_)) => Err(
+            "--console-socket is only for a process with a terminal (process.terminal / -t)".into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Lets the relay pass the last output on (it ends at the guest terminal's EOF), at most a
+/// few seconds, then reaps it.
+fn wait_relay(pid: u32) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let begin = std::time::Instant::now();
+    while begin.elapsed() < Duration::from_secs(5) {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(20)),
+            _ => return,
+        }
     }
 }
 
