@@ -1,6 +1,7 @@
 //! sandbox-agent: PID 1 of the guest. Mounts the basics, reaps orphans, serves the agent API
 //! (ttrpc) and the stdio streams on vsock; on a host it can serve Unix sockets for tests.
 
+mod cad;
 mod config;
 mod console;
 mod containers;
@@ -72,6 +73,10 @@ fn run(args: &[String]) -> Result<()> {
 
     // Before any thread exists, so every thread inherits the blocked SIGCHLD.
     let reaper = Arc::new(Reaper::new()?);
+    if pid1 {
+        // Also before any thread: Ctrl-Alt-Del (the VMM's graceful shutdown) as SIGINT.
+        cad::route_to_sigint()?;
+    }
     let own_uts = pid1 || private_namespaces();
     if !pid1 {
         reaper.become_subreaper()?;
@@ -92,6 +97,12 @@ fn run(args: &[String]) -> Result<()> {
     }
 
     let (shutdown_tx, shutdown_rx) = mpsc::channel();
+    if pid1 {
+        let tx = shutdown_tx.clone();
+        cad::watch(processes.clone(), move || {
+            let _ = tx.send(());
+        })?;
+    }
     let service = AgentService {
         containers: containers::Containers::new(config.run_dir.clone()),
         config: config.clone(),
