@@ -33,3 +33,34 @@ pub enum Error {
     #[error("{0}")]
     Shim(String),
 }
+
+/// Longest task id used as it is for the controller and the agent; longer ones (CRI's are 64
+/// hex digits) would make the VM's socket path exceed sun_path (108 bytes).
+const MAX_PLAIN_ID: usize = 40;
+
+/// The name a task has in the controller's state root and in the guest: its id, or for a long
+/// (or unusual) id a digest of it, the same every time (so `delete` finds it after a crash).
+pub fn vm_id(id: &str) -> String {
+    if id.len() <= MAX_PLAIN_ID && crate::controller::state::valid_id(id) {
+        return id.to_string();
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    format!("h-{}", &hex::encode(digest)[..30])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_ids_get_a_short_stable_name() {
+        assert_eq!(vm_id("ctr-run-1"), "ctr-run-1");
+        let cri = "ed1e716fb830d487978baa98125ff76a8a0b9d28505ce8156f3ab43ff68723c5";
+        let short = vm_id(cri);
+        assert_eq!(short, vm_id(cri));
+        assert!(short.len() <= MAX_PLAIN_ID, "{short}");
+        assert!(crate::controller::state::valid_id(&short));
+        assert_ne!(short, vm_id(&cri.replace('e', "f")));
+    }
+}

@@ -19,7 +19,7 @@ use super::events::{Event, Events};
 use super::io::{self, Relays};
 use super::pod::{self, Role};
 use super::process::{self, Exit, Process, Status, StdioPaths};
-use super::rootfs;
+use super::{rootfs, vm_id};
 
 /// Exit status reported when the VM went away before the process's exit was known.
 const LOST_EXIT_STATUS: u32 = 255;
@@ -161,7 +161,7 @@ impl Service {
     fn watch_exit(&self, client: AgentClient, id: String, exec_id: String, relays: Relays) {
         let svc = self.clone();
         tokio::task::spawn_blocking(move || {
-            let status = match client.wait_process(&id, &exec_id) {
+            let status = match client.wait_process(&vm_id(&id), &exec_id) {
                 Ok(s) => s.code() as u32,
                 Err(e) => {
                     log::warn!("waiting for {id}/{exec_id}: {e}");
@@ -220,7 +220,7 @@ impl Service {
         let client = self.client(id)?;
         let owned = id.to_string();
         blocking(move || {
-            let handle = ContainerHandle::new(client, &owned);
+            let handle = ContainerHandle::new(client, &vm_id(&owned));
             let res = if pause {
                 handle.pause()
             } else {
@@ -260,7 +260,7 @@ impl Service {
             let listener = EventListener::spawn(own);
             while let Some(Ok(event)) = listener.recv() {
                 if let AgentEvent::Oom { container_id, .. } = event {
-                    if container_id == id {
+                    if container_id == vm_id(&id) {
                         events.send(Event::Oom { id: id.clone() });
                     }
                 }
@@ -357,7 +357,7 @@ impl Service {
                 format!("process {id}/{exec_id} was already started"),
             ));
         }
-        let (c, i, e) = (client.clone(), id.to_string(), exec_id.to_string());
+        let (c, i, e) = (client.clone(), vm_id(id), exec_id.to_string());
         let (pid, relays) = blocking(move || {
             if e.is_empty() {
                 // Streams first: output written right after the start is never lost.
@@ -437,10 +437,10 @@ impl Service {
             match task.backend {
                 Backend::Vm(_) => remove_vm(&sandbox, &id_owned),
                 Backend::Member { client, pod_id } => {
-                    if let Err(e) = client.remove_container(&id_owned, true) {
+                    if let Err(e) = client.remove_container(&vm_id(&id_owned), true) {
                         log::warn!("removing {id_owned} from pod {pod_id}: {e}");
                     }
-                    sandbox.leave_pod(&pod_id, &id_owned);
+                    sandbox.leave_pod(&vm_id(&pod_id), &vm_id(&id_owned));
                 }
             }
             if task.rootfs_mounted {
@@ -474,7 +474,7 @@ fn create_vm(
     slots: usize,
 ) -> Result<(Backend, u32), ttrpc::Error> {
     let (_record, client, pid) = sandbox
-        .create_pod(id, bundle, io::announced(stdio), slots)
+        .create_pod(&vm_id(id), bundle, io::announced(stdio), slots)
         .map_err(|e| error(Code::INTERNAL, format!("creating {id}: {e}")))?;
     Ok((Backend::Vm(client), pid))
 }
@@ -495,8 +495,8 @@ fn join_pod(
     pod::join_namespaces(&mut spec, pod_pid);
     let pid = sandbox
         .join_pod(
-            pod_id,
-            id,
+            &vm_id(pod_id),
+            &vm_id(id),
             bundle,
             &spec.to_string(),
             io::announced(stdio),
@@ -519,6 +519,7 @@ fn join_pod(
 
 /// Stops a task's VM and removes its state; also reaps the VMM (our child).
 pub fn remove_vm(sandbox: &Sandbox, id: &str) {
+    let id = &vm_id(id);
     let vmm_pid = sandbox.root().load(id).map(|r| r.pid).unwrap_or(0);
     if let Err(e) = sandbox.delete(id, true) {
         log::warn!("removing the VM of {id}: {e}");
@@ -598,7 +599,7 @@ impl Task for Service {
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
         let client = self.client(&req.id)?;
-        let id = req.id.clone();
+        let id = vm_id(&req.id);
         let procs = blocking(move || {
             client
                 .list_processes(&id)
@@ -641,7 +642,7 @@ impl Task for Service {
         let status = self.with_process(&req.id, &req.exec_id, |p| p.status)?;
         if status == Status::Created && req.exec_id.is_empty() {
             // Never started: nothing runs in the guest yet; containerd expects it to end.
-            let (c, id) = (client.clone(), req.id.clone());
+            let (c, id) = (client.clone(), vm_id(&req.id));
             blocking(move || {
                 c.remove_container(&id, true)
                     .map_err(|e| agent_error("RemoveContainer", e))
@@ -650,7 +651,7 @@ impl Task for Service {
             self.exited(&req.id, "", Exit::new(128 + req.signal));
             return Ok(api::Empty::default());
         }
-        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+        let (id, exec_id) = (vm_id(&req.id), req.exec_id.clone());
         blocking(move || {
             client
                 .signal_process(&id, &exec_id, req.signal as i32, req.all)
@@ -712,7 +713,7 @@ impl Task for Service {
         let cols = u16::try_from(req.width).unwrap_or(u16::MAX);
         blocking(move || {
             client
-                .resize_tty(&req.id, &req.exec_id, rows, cols)
+                .resize_tty(&vm_id(&req.id), &req.exec_id, rows, cols)
                 .map_err(|e| agent_error("ResizeTty", e))
         })
         .await?;
@@ -730,7 +731,7 @@ impl Task for Service {
         }
         blocking(move || {
             client
-                .close_stdin(&req.id, &req.exec_id)
+                .close_stdin(&vm_id(&req.id), &req.exec_id)
                 .map_err(|e| agent_error("CloseStdin", e))
         })
         .await?;
@@ -758,7 +759,7 @@ impl Task for Service {
             )
         })?;
         blocking(move || {
-            ContainerHandle::new(client, &req.id)
+            ContainerHandle::new(client, &vm_id(&req.id))
                 .update(&resources)
                 .map_err(|e| error(Code::INTERNAL, format!("update of {}: {e}", req.id)))
         })
@@ -790,7 +791,7 @@ impl Task for Service {
         let client = self.client(&req.id)?;
         let id = req.id.clone();
         let stats = blocking(move || {
-            ContainerHandle::new(client, &id)
+            ContainerHandle::new(client, &vm_id(&id))
                 .stats()
                 .map_err(|e| error(Code::INTERNAL, format!("stats of {id}: {e}")))
         })

@@ -128,7 +128,7 @@ pub fn legacy_start_opts(flags: &Flags) -> StartOpts {
 /// record alone), unmount the rootfs, and remove a shim socket nobody serves any more.
 pub fn cleanup(cfg: controller::Config, id: &str, bundle: &Path) {
     let sandbox = Sandbox::new(cfg);
-    if sandbox.root().load(id).is_ok() {
+    if sandbox.root().load(&super::vm_id(id)).is_ok() {
         service::remove_vm(&sandbox, id);
     }
     rootfs::unmount(&bundle.join("rootfs"));
