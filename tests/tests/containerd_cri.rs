@@ -140,6 +140,12 @@ impl Env {
             out.push(format!("shim socket {}", s.display()));
         }
         out.extend(files_under(&self.daemon.dir().join("shim")));
+        // Images no container uses any more are removed (docs/sandbox-run.md).
+        out.extend(
+            files_under(&self.daemon.dir().join("images"))
+                .into_iter()
+                .filter(|f| f.ends_with(".erofs")),
+        );
         out
     }
 
@@ -348,4 +354,48 @@ fn cri_pod_lifecycle_with_sandbox() {
         let shims = env.daemon.shim_pids();
         assert_eq!(shims.len(), 1, "one shim per pod, found {shims:?}");
     });
+}
+
+/// `kill -9` of the pod's shim while its container runs: containerd notices, and after
+/// StopPodSandbox and RemovePodSandbox no VMM, shim, socket, mount or state is left.
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn cri_killed_shim_leaves_nothing_with_sandbox() {
+    assert!(
+        containerd::shim_binary().is_some(),
+        "{} is not built (cargo build --release -p shim, or set $SANDBOX_SHIM_BIN)",
+        containerd::SHIM_BINARY
+    );
+    let env = Env::new("cri-kill9");
+    let pod_config = cri::pod_config(&unique("pod-kill9"), &unique("uid"), &env.logs);
+    let pod = env.ok(
+        "RunPodSandbox",
+        env.cri.run_pod_sandbox(&pod_config, "sandbox"),
+    );
+    let id = env.ok(
+        "CreateContainer",
+        env.cri
+            .create_container(&pod, &talking_container("victim"), &pod_config),
+    );
+    env.ok("StartContainer", env.cri.start_container(&id));
+    env.wait_state(&id, cri::ContainerState::ContainerRunning);
+    env.wait_log("victim.log", "stdout", "out-victim\n");
+    assert_eq!(env.vmms().len(), 1, "one VM for the pod");
+
+    let shims = env.daemon.shim_pids();
+    assert_eq!(shims.len(), 1, "one shim per pod, found {shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the shim");
+    // containerd sees the shim disconnect and marks the container exited.
+    env.wait_state(&id, cri::ContainerState::ContainerExited);
+
+    env.ok("StopPodSandbox", env.cri.stop_pod_sandbox(&pod));
+    env.ok("RemovePodSandbox", env.cri.remove_pod_sandbox(&pod));
+    assert!(env
+        .ok("ListPodSandbox", env.cri.list_pod_sandboxes())
+        .is_empty());
+    env.assert_clean();
 }
