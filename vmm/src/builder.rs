@@ -127,7 +127,10 @@ pub struct KernelEntry {
     pub end: u64,
 }
 
-/// Step 1: the VM with its irqchip and PIT.
+/// Stack of the thread that sets up the irqchip: a few ioctls.
+const IRQCHIP_THREAD_STACK: usize = 64 << 10;
+
+/// Step 1: the VM with its irqchip.
 pub fn create_vm() -> Result<Vm, BuildError> {
     let vm = Vm::create_vm()?;
     vm.setup_irqchip()?;
@@ -139,6 +142,30 @@ pub fn create_memory(vm: &Vm, mib: u64) -> Result<GuestMemoryMmap, BuildError> {
     let mem = create_guest_memory(mib)?;
     vm.register_memory(&mem)?;
     Ok(mem)
+}
+
+/// Steps 1 and 2 at once: the irqchip on a short-lived thread while this one maps and
+/// registers guest memory. Each waits in the kernel for an SRCU grace period (the irqchip
+/// for its IRQ routing table, the memory slot for the new slot array), that is for a kernel
+/// worker to run, which on a busy host can take milliseconds; side by side the two waits
+/// overlap. Without the thread they run one after the other.
+pub fn create_vm_and_memory(mib: u64) -> Result<(Vm, GuestMemoryMmap), BuildError> {
+    let vm = Vm::create_vm()?;
+    let mem = std::thread::scope(|scope| {
+        let irqchip = std::thread::Builder::new()
+            .name("irqchip".into())
+            .stack_size(IRQCHIP_THREAD_STACK)
+            .spawn_scoped(scope, || vm.setup_irqchip());
+        let mem = create_memory(&vm, mib);
+        match irqchip {
+            Ok(thread) => thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
+            Err(_) => vm.setup_irqchip()?,
+        }
+        mem
+    })?;
+    Ok((vm, mem))
 }
 
 /// Step 3: the ELF vmlinux at its physical addresses; returns its PVH entry point.
@@ -355,10 +382,9 @@ pub fn build_microvm(config: &VmConfig, timer: BootTimer) -> Result<Vmm, BuildEr
     let exit = Arc::new(ExitSignal::new().map_err(BuildError::ExitEvent)?);
     let control = Arc::new(VcpuControl::default());
 
-    let vm = create_vm()?;
+    let (vm, mem) = create_vm_and_memory(config.memory_mib)?;
+    // Set up side by side, so both phases end here.
     timer.phase("KVM setup");
-
-    let mem = create_memory(&vm, config.memory_mib)?;
     timer.phase("memory");
 
     let kernel = load_kernel(&mem, &config.kernel)?;
