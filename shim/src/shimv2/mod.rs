@@ -9,6 +9,7 @@ pub mod process;
 pub mod rootfs;
 pub mod serve;
 pub mod service;
+pub mod spec;
 pub mod start;
 pub mod stats;
 

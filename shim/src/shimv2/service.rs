@@ -19,7 +19,7 @@ use super::events::{Event, Events};
 use super::io::{self, Relays};
 use super::pod::{self, Role};
 use super::process::{self, Exit, Process, Status, StdioPaths};
-use super::{rootfs, vm_id};
+use super::{rootfs, spec, vm_id};
 
 /// Exit status reported when the VM went away before the process's exit was known.
 const LOST_EXIT_STATUS: u32 = 255;
@@ -306,8 +306,16 @@ impl Service {
                 rootfs::mount_all(&mounts, &rootfs_dir)
                     .map_err(|e| error(Code::INTERNAL, e.to_string()))?;
                 let created = match &role {
-                    Role::Standalone => create_vm(&sandbox, &id, &bundle, &stdio, 0),
-                    Role::PodSandbox => create_vm(&sandbox, &id, &bundle, &stdio, POD_SLOTS),
+                    Role::Standalone | Role::PodSandbox => {
+                        let slots = if role == Role::PodSandbox {
+                            POD_SLOTS
+                        } else {
+                            0
+                        };
+                        spec::vm_bundle(&bundle, &spec)
+                            .map_err(|e| error(Code::INTERNAL, e.to_string()))
+                            .and_then(|dir| create_vm(&sandbox, &id, &dir, &stdio, slots))
+                    }
                     Role::PodMember { sandbox_id } => {
                         join_pod(&sandbox, sandbox_id, pod_vm, &id, &bundle, spec, &stdio)
                     }
@@ -493,6 +501,7 @@ fn join_pod(
     let (client, pod_pid) =
         pod_vm.ok_or_else(|| error(Code::INTERNAL, format!("pod {pod_id} has no VM")))?;
     pod::join_namespaces(&mut spec, pod_pid);
+    spec::adapt_mounts(&mut spec);
     let pid = sandbox
         .join_pod(
             &vm_id(pod_id),
