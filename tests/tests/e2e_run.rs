@@ -778,7 +778,7 @@ fn create_with_console_socket_hands_over_a_pty_that_carries_the_container_termin
     let env = Env::new("console");
     let b = bundle(
         "e2e-console",
-        "echo hello-tty; stty size; read x; echo got-$x; stty size; read y",
+        "echo hello-tty; while read x; do echo got-$x; stty size; done",
     );
     b.edit(|c| c["process"]["terminal"] = json!(true));
     let dir = env.root.parent().unwrap().to_path_buf();
@@ -824,26 +824,12 @@ fn create_with_console_socket_hands_over_a_pty_that_carries_the_container_termin
         nix::unistd::isatty(master.as_raw_fd()).unwrap(),
         "not a pty"
     );
-    let ws = libc::winsize {
-        ws_row: 25,
-        ws_col: 81,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize from the pointer; the fd is the open master.
-    assert_eq!(
-        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
-        0
-    );
-    // The relay passes the size on; give it a moment before the shell reads it.
-    std::thread::sleep(Duration::from_secs(1));
     env.ok(&["start", "tty"]);
     let mut master = fs::File::from(master);
-    let lines = {
-        let reader = master.try_clone().unwrap();
+    let chunks = {
+        let mut reader = master.try_clone().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
-            let mut reader = reader;
             let mut buf = [0u8; 4096];
             loop {
                 match reader.read(&mut buf) {
@@ -861,39 +847,45 @@ fn create_with_console_socket_hands_over_a_pty_that_carries_the_container_termin
         });
         rx
     };
+    let master_raw = master.as_raw_fd();
     let mut seen = String::new();
-    let read_until = |want: &str, seen: &mut String| {
-        let end = std::time::Instant::now() + Duration::from_secs(60);
+    // Waits for `want`; with `poke`, writes it every second (each line makes the shell
+    // print the terminal size again, until a resize has arrived).
+    let mut expect = |want: &str, poke: Option<&[u8]>, seen: &mut String| {
+        let end = std::time::Instant::now() + Duration::from_secs(90);
         while !seen.contains(want) {
-            let left = end
-                .checked_duration_since(std::time::Instant::now())
-                .unwrap_or_else(|| panic!("no {want:?} on the pty; got {seen:?}"));
-            match lines.recv_timeout(left) {
+            assert!(
+                std::time::Instant::now() < end,
+                "no {want:?} on the pty; got {seen:?}"
+            );
+            if let Some(p) = poke {
+                master.write_all(p).unwrap();
+            }
+            match chunks.recv_timeout(Duration::from_secs(1)) {
                 Ok(s) => seen.push_str(&s),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(_) => panic!("pty ended before {want:?}; got {seen:?}"),
             }
         }
     };
-    read_until("hello-tty", &mut seen);
-    read_until("25 81", &mut seen);
+    expect("hello-tty", None, &mut seen);
     assert_eq!(env.state("tty")["status"], "running");
-    // A resize of the master reaches the guest's terminal.
-    let ws = libc::winsize {
-        ws_row: 40,
-        ws_col: 100,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: as above.
-    assert_eq!(
-        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
-        0
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    master.write_all(b"abc\r").unwrap();
-    read_until("got-abc", &mut seen);
-    read_until("40 100", &mut seen);
-    master.write_all(b"bye\r").unwrap();
+    // Sizes set on the master reach the guest's terminal.
+    for (rows, cols) in [(25u16, 81u16), (40, 100)] {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the pointer; the fd is the open master.
+        let rc = unsafe { libc::ioctl(master_raw, libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0);
+        expect(&format!("{rows} {cols}"), Some(b"abc\r"), &mut seen);
+    }
+    assert!(seen.contains("got-abc"), "{seen}");
+    // EOF (^D) ends the loop and the container.
+    master.write_all(&[4]).unwrap();
     env.wait_status("tty", "stopped", None);
     drop(master);
     env.ok(&["delete", "tty"]);
