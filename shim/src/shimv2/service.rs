@@ -529,6 +529,15 @@ fn join_pod(
 /// Stops a task's VM and removes its state; also reaps the VMM (our child).
 pub fn remove_vm(sandbox: &Sandbox, id: &str) {
     let id = &vm_id(id);
+    // A pod VM: its containers' image claims go first (after a crash nobody else drops them).
+    let members = sandbox.root().container_dir(id).join("members");
+    if let Ok(entries) = std::fs::read_dir(&members) {
+        for e in entries.flatten() {
+            if let Some(member) = e.file_name().to_str() {
+                sandbox.leave_pod(id, member);
+            }
+        }
+    }
     let vmm_pid = sandbox.root().load(id).map(|r| r.pid).unwrap_or(0);
     if let Err(e) = sandbox.delete(id, true) {
         log::warn!("removing the VM of {id}: {e}");
