@@ -89,6 +89,8 @@ pub struct Vmm {
 #[derive(Debug, Clone)]
 pub struct VmPaths {
     pub vsock: PathBuf,
+    /// The VMM's control API socket (pause/resume of the whole VM, docs/vmm-api.md).
+    pub api: PathBuf,
     pub console_log: PathBuf,
     pub vmm_log: PathBuf,
 }
@@ -97,6 +99,7 @@ impl VmPaths {
     pub fn new(dir: &Path) -> VmPaths {
         VmPaths {
             vsock: dir.join("vsock.sock"),
+            api: dir.join("api.sock"),
             console_log: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
         }
@@ -130,6 +133,8 @@ impl Vmm {
             .args(["--memory", &cfg.memory_mib.to_string()])
             .arg("--serial")
             .arg(&paths.console_log)
+            .arg("--api-sock")
+            .arg(&paths.api)
             .arg("--block")
             .arg(format!("{},ro", image.display()));
         for disk in disks {
@@ -251,6 +256,38 @@ impl Vmm {
     }
 }
 
+/// Pauses (`true`) or resumes every vCPU of the VM through the VMM's control API: the
+/// whole pod stops, agent included, so no agent call answers until it is resumed.
+pub fn set_vm_paused(api: &Path, paused: bool) -> Result<(), Error> {
+    use std::io::{BufRead, BufReader, Write};
+    let fail = |source: io::Error| Error::File {
+        what: "VMM control socket",
+        path: api.to_path_buf(),
+        source,
+    };
+    let mut conn = std::os::unix::net::UnixStream::connect(api).map_err(fail)?;
+    conn.set_read_timeout(Some(CALL_TIMEOUT)).map_err(fail)?;
+    let action = if paused { "pause" } else { "resume" };
+    conn.write_all(format!("{{\"action\": \"{action}\"}}\n").as_bytes())
+        .map_err(fail)?;
+    let mut reply = String::new();
+    BufReader::new(conn).read_line(&mut reply).map_err(fail)?;
+    let v: serde_json::Value = serde_json::from_str(reply.trim()).map_err(|e| {
+        fail(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("reply {reply:?}: {e}"),
+        ))
+    })?;
+    if v["ok"] == true {
+        Ok(())
+    } else {
+        Err(fail(io::Error::other(format!(
+            "{action}: {}",
+            v["error"].as_str().unwrap_or("refused")
+        ))))
+    }
+}
+
 /// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -310,6 +347,36 @@ mod tests {
         assert!(alive(me, 0));
         assert!(!alive(me, t + 1));
         assert!(!alive(i32::MAX, 0));
+    }
+
+    #[test]
+    fn vm_pause_speaks_the_control_protocol() {
+        use std::io::{BufRead, BufReader, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let api = dir.path().join("api.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&api).unwrap();
+        let server = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            for reply in [
+                r#"{"ok": true, "state": "paused"}"#,
+                r#"{"ok": false, "error": "nope"}"#,
+            ] {
+                let (conn, _) = listener.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(&conn).read_line(&mut line).unwrap();
+                got.push(line);
+                (&conn).write_all(format!("{reply}\n").as_bytes()).unwrap();
+            }
+            got
+        });
+        set_vm_paused(&api, true).unwrap();
+        let err = set_vm_paused(&api, false).unwrap_err().to_string();
+        assert!(err.contains("resume: nope"), "{err}");
+        let got = server.join().unwrap();
+        assert_eq!(got[0].trim(), r#"{"action": "pause"}"#);
+        assert_eq!(got[1].trim(), r#"{"action": "resume"}"#);
+        let err = set_vm_paused(&dir.path().join("absent"), true).unwrap_err();
+        assert!(err.to_string().contains("absent"), "{err}");
     }
 
     #[test]
