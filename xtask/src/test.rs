@@ -346,9 +346,13 @@ fn lab_tests(root: &Path, selection: &[String], timeout: u64) -> Result<Phase> {
         "==> {} test binaries with real-KVM tests, {where_}",
         binaries.len()
     );
-    // Lab tests start our VMM and CLI: build them, and tell the tests where they and the
-    // guest are.
-    if let Err(e) = crate::boot::build_release(&[("vmm", "sandbox-vmm"), ("shim", "sandbox")]) {
+    // Lab tests start our VMM, CLI and containerd shim: build them, and tell the tests where
+    // they and the guest are.
+    if let Err(e) = crate::boot::build_release(&[
+        ("vmm", "sandbox-vmm"),
+        ("shim", "sandbox"),
+        ("shim", "containerd-shim-sandbox-v2"),
+    ]) {
         eprintln!("{e:#}");
         return Ok(Phase {
             name: "lab",
@@ -430,14 +434,18 @@ fn run_lab_script(
     Ok(lab::run(&argv, opts))
 }
 
-/// `SANDBOX_VMM`, `SANDBOX_VMLINUX`, `SANDBOX_INITRAMFS` for the lab tests, as absolute
-/// paths, unless the caller set them.
+/// `SANDBOX_VMM`, `SANDBOX_BIN`, `SANDBOX_SHIM_BIN`, `SANDBOX_VMLINUX`, `SANDBOX_INITRAMFS`
+/// for the lab tests, as absolute paths, unless the caller set them.
 fn test_inputs() -> Vec<(OsString, OsString)> {
     let target = artifacts::target_dir();
     let guest = artifacts::guest_dir();
     [
         ("SANDBOX_VMM", target.join("release").join("sandbox-vmm")),
         ("SANDBOX_BIN", target.join("release").join("sandbox")),
+        (
+            "SANDBOX_SHIM_BIN",
+            target.join("release").join("containerd-shim-sandbox-v2"),
+        ),
         ("SANDBOX_VMLINUX", guest.join("vmlinux")),
         ("SANDBOX_INITRAMFS", guest.join("initramfs.cpio")),
     ]
