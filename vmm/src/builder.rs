@@ -18,6 +18,7 @@ use crate::config::{SerialOutput, VmConfig};
 use crate::device_manager::legacy::{LegacyDeviceError, PortIoDeviceManager};
 use crate::device_manager::mmio::{MmioDeviceManager, MmioError};
 use crate::devices::legacy::SerialInput;
+use crate::devices::virtio::balloon::{self, Balloon, BalloonError};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::Bus;
@@ -83,6 +84,10 @@ pub enum BuildError {
     Block { path: PathBuf, source: BlockError },
     #[error("--vsock {}: {source}", path.display())]
     Vsock { path: PathBuf, source: VsockError },
+    #[error("--balloon: {0}")]
+    Balloon(BalloonError),
+    #[error("--balloon: {0}")]
+    BalloonPlacement(MmioError),
     #[error("{flag} {}: {source}", path.display())]
     MmioPlacement {
         flag: &'static str,
@@ -306,7 +311,8 @@ impl VirtioDevices {
     }
 }
 
-/// Step 4: virtio-mmio devices from the configuration: block devices in order, then vsock.
+/// Step 4: virtio-mmio devices from the configuration: block devices in order, then vsock,
+/// then the balloon.
 pub fn attach_virtio_devices(
     config: &VmConfig,
     vm: &Vm,
@@ -356,6 +362,22 @@ pub fn attach_virtio_devices(
                 path: v.uds_path.clone(),
                 source,
             })?;
+    }
+    if config.balloon {
+        // Released pages would come back as parts of huge pages otherwise.
+        if let Err(e) = balloon::disable_huge_pages(mem) {
+            tracing::warn!(error = %e, "cannot turn transparent huge pages off for guest memory");
+        }
+        let balloon = Balloon::new().map_err(BuildError::Balloon)?;
+        manager
+            .register_virtio(
+                vm.fd(),
+                mem,
+                mmio_bus,
+                event_loop.manager_mut(),
+                Arc::new(Mutex::new(balloon)),
+            )
+            .map_err(BuildError::BalloonPlacement)?;
     }
     Ok(VirtioDevices {
         cmdline: manager.cmdline_entries(),

@@ -68,6 +68,9 @@ pub struct Cli {
     /// Unix socket of the control API (docs/vmm-api.md).
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+    /// A virtio-balloon device: the guest reports its free pages and the VMM releases them.
+    #[arg(long)]
+    pub balloon: bool,
     /// Log the time of each boot phase to stderr.
     #[arg(long)]
     pub debug: bool,
@@ -87,6 +90,8 @@ pub struct FileConfig {
     pub block: Vec<FileBlock>,
     pub vsock: Option<FileVsock>,
     pub api_sock: Option<PathBuf>,
+    #[serde(default)]
+    pub balloon: bool,
     #[serde(default)]
     pub debug: bool,
 }
@@ -143,6 +148,8 @@ pub struct VmConfig {
     pub blocks: Vec<BlockConfig>,
     pub vsock: Option<VsockConfig>,
     pub api_sock: Option<PathBuf>,
+    /// A virtio-balloon device with free page reporting.
+    pub balloon: bool,
     pub debug: bool,
 }
 
@@ -437,6 +444,7 @@ impl VmConfig {
             blocks,
             vsock,
             api_sock,
+            balloon: cli.balloon || file.balloon,
             debug: cli.debug || file.debug,
         })
     }
@@ -479,6 +487,7 @@ mod tests {
         assert_eq!(c.cmdline, DEFAULT_CMDLINE);
         assert_eq!(c.serial, SerialOutput::Stdout);
         assert!(c.blocks.is_empty() && c.vsock.is_none() && c.api_sock.is_none());
+        assert!(!c.balloon);
     }
 
     #[test]
@@ -506,6 +515,7 @@ mod tests {
             &format!("3,{sock}"),
             "--api-sock",
             &f.path("api.sock"),
+            "--balloon",
             "--debug",
         ]))
         .unwrap();
@@ -522,6 +532,7 @@ mod tests {
                 uds_path: sock.into()
             })
         );
+        assert!(c.balloon);
         assert!(c.debug);
     }
 
@@ -590,7 +601,7 @@ mod tests {
             format!(
                 r#"{{"kernel": "{}", "vcpus": 2, "memory_mib": 64, "serial": "none",
                     "block": [{{"path": "{}", "read_only": true}}],
-                    "vsock": {{"cid": 7, "uds_path": "{}"}}}}"#,
+                    "vsock": {{"cid": 7, "uds_path": "{}"}}, "balloon": true}}"#,
                 f.path("vmlinux"),
                 f.path("disk"),
                 f.path("v.sock")
@@ -603,6 +614,7 @@ mod tests {
         assert_eq!(c.serial, SerialOutput::None);
         assert!(c.blocks[0].read_only);
         assert_eq!(c.vsock.unwrap().cid, 7);
+        assert!(c.balloon);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Virtio devices and their MMIO transport: the `VirtioDevice` contract every device
 //! implements, the interrupt a device raises, and the constants of the virtio 1.x spec.
 
+pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod vsock;
