@@ -1,4 +1,5 @@
-//! The guest agent as a static binary: a release build for the gnu target with crt-static.
+//! The guest agent as a static binary: a build with the size-optimised `guest` profile
+//! (workspace Cargo.toml) for the gnu target with crt-static.
 //! With an explicit --target, RUSTFLAGS reach only the target crates, not build scripts.
 
 use std::fs;
@@ -12,15 +13,27 @@ use super::elf;
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 const PACKAGE: &str = "agent";
 const BINARY: &str = "sandbox-agent";
+/// The cargo profile (and its directory under the target dir).
+const PROFILE: &str = "guest";
 
-/// Builds the agent into `<workspace>/target/<TARGET>/release` and checks it has no interpreter.
+/// Builds the agent into `<workspace>/target/<TARGET>/guest` and checks it has no interpreter.
 pub fn build(workspace: &Path) -> Result<PathBuf> {
     let target_dir = workspace.join("target");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("guest agent: cargo build --release -p {PACKAGE} --target {TARGET} (crt-static)");
+    eprintln!(
+        "guest agent: cargo build --profile {PROFILE} -p {PACKAGE} --target {TARGET} (crt-static)"
+    );
     let status = Command::new(cargo)
         .current_dir(workspace)
-        .args(["build", "--release", "-p", PACKAGE, "--target", TARGET])
+        .args([
+            "build",
+            "--profile",
+            PROFILE,
+            "-p",
+            PACKAGE,
+            "--target",
+            TARGET,
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
@@ -31,7 +44,7 @@ pub fn build(workspace: &Path) -> Result<PathBuf> {
     if !status.success() {
         bail!("building the static agent failed: {status}");
     }
-    let binary = target_dir.join(TARGET).join("release").join(BINARY);
+    let binary = target_dir.join(TARGET).join(PROFILE).join(BINARY);
     let bytes = fs::read(&binary).with_context(|| format!("cannot read {}", binary.display()))?;
     elf::check_static(&binary.display().to_string(), &bytes)?;
     Ok(binary)
