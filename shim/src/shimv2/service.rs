@@ -855,3 +855,94 @@ impl Task for Service {
         Ok(api::Empty::default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::Config;
+    use crate::shimv2::events::Sink;
+
+    fn service(dir: &Path) -> (Service, Arc<Mutex<Vec<Event>>>) {
+        let cfg = Config {
+            root: dir.join("state"),
+            vmm: "/nonexistent/sandbox-vmm".into(),
+            kernel: "/nonexistent/vmlinux".into(),
+            initrd: "/nonexistent/initramfs.cpio".into(),
+            image_cache: dir.join("images"),
+            vcpus: 1,
+            memory_mib: 256,
+            agent_timeout: std::time::Duration::from_secs(1),
+            debug: false,
+        };
+        let list = Arc::new(Mutex::new(Vec::new()));
+        let events = Events::spawn(Sink::Memory(list.clone()));
+        let svc = Service::new(Sandbox::new(cfg), events, Arc::new(ExitSignal::default()));
+        (svc, list)
+    }
+
+    fn code(e: ttrpc::Error) -> Code {
+        match e {
+            ttrpc::Error::RpcStatus(s) => s.code(),
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bundle_without_config_json_is_refused_naming_it_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, events) = service(dir.path());
+        let req = api::CreateTaskRequest {
+            id: "c1".into(),
+            bundle: dir.path().join("bundle").display().to_string(),
+            ..Default::default()
+        };
+        let err = svc.create_task(req).await.unwrap_err();
+        assert!(err.to_string().contains("config.json"), "{err}");
+        assert_eq!(code(err), Code::INVALID_ARGUMENT);
+        assert!(svc.lock().is_empty());
+        assert!(!dir.path().join("state").join("c1").exists());
+        tokio::task::yield_now().await;
+        assert!(events.lock().unwrap().is_empty(), "no TaskCreate");
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_cannot_boot_fails_create_and_leaves_no_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        std::fs::write(
+            bundle.join("config.json"),
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"args":["true"]}}"#,
+        )
+        .unwrap();
+        let (svc, _events) = service(dir.path());
+        let req = api::CreateTaskRequest {
+            id: "c2".into(),
+            bundle: bundle.display().to_string(),
+            ..Default::default()
+        };
+        let err = svc.create_task(req).await.unwrap_err();
+        assert!(err.to_string().contains("vmlinux"), "{err}");
+        assert!(svc.lock().is_empty());
+        assert!(!dir.path().join("state").join("c2").exists());
+    }
+
+    #[tokio::test]
+    async fn calls_on_unknown_tasks_are_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, _events) = service(dir.path());
+        assert_eq!(
+            code(svc.start_process("nope", "").await.unwrap_err()),
+            Code::NOT_FOUND
+        );
+        assert_eq!(
+            code(svc.delete_process("nope", "").await.unwrap_err()),
+            Code::NOT_FOUND
+        );
+        assert_eq!(code(svc.client("nope").err().unwrap()), Code::NOT_FOUND);
+        assert_eq!(
+            code(svc.pod("nope").err().unwrap()),
+            Code::FAILED_PRECONDITION
+        );
+    }
+}
