@@ -275,3 +275,106 @@ fn guest_writes_reach_the_disk_file_and_a_read_only_disk_refuses_them() {
     assert!(console.contains("disk vdb write-status="), "{console}");
     assert!(std::fs::read(&ro).unwrap() == ro_before, "ro.img changed");
 }
+
+/// The guest's /init for the balloon test: fills 64 MiB of tmpfs (guest RAM the host backs),
+/// deletes it, then idles so free page reporting can hand those pages back.
+const BALLOON_INIT: &str = r#"#!/bin/sh
+mount -t devtmpfs dev /dev
+mount -t tmpfs -o size=100m tmpfs /mnt
+dd if=/dev/zero of=/mnt/fill bs=1048576 count=64 2>/dev/null
+echo "BALLOON-FILLED $(ls -s /mnt/fill)"
+rm /mnt/fill
+echo BALLOON-FREED
+sleep 3600
+"#;
+
+/// Resident KiB of the largest mapping of `pid` (its guest RAM).
+fn guest_rss_kib(pid: u32) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let (mut size, mut best) = (0u64, (0u64, 0u64));
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let value = |w: Option<&str>| w.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        match words.next() {
+            Some("Size:") => size = value(words.next()),
+            Some("Rss:") if size > best.0 => best = (size, value(words.next())),
+            _ => {}
+        }
+    }
+    best.1
+}
+
+/// Waits for `marker` on the console; panics with the console if the VMM exits first.
+fn wait_for(child: &mut Child, serial: &std::path::Path, marker: &str) {
+    loop {
+        let console = std::fs::read_to_string(serial).unwrap_or_default();
+        if console.contains(marker) {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("sandbox-vmm exited ({status}) before {marker}:\n{console}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn pages_the_guest_frees_are_released_on_the_host_through_free_page_reporting() {
+    let dir = tempfile::Builder::new()
+        .prefix("vmm-balloon")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static at /bin/busybox");
+    let initramfs = dir.path().join("initramfs.cpio");
+    let mut entries: Vec<(String, Node<'_>)> = vec![
+        ("bin".into(), Node::Dir),
+        ("dev".into(), Node::Dir),
+        ("mnt".into(), Node::Dir),
+        ("dev/console".into(), Node::CharDev(5, 1)),
+        ("bin/busybox".into(), Node::File(&busybox)),
+        ("init".into(), Node::File(BALLOON_INIT.as_bytes())),
+    ];
+    for applet in ["sh", "mount", "dd", "ls", "rm", "sleep"] {
+        entries.push((format!("bin/{applet}"), Node::Symlink("busybox")));
+    }
+    write_initramfs(&initramfs, &entries);
+
+    let serial = dir.path().join("serial.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandbox-vmm"))
+        .arg("--kernel")
+        .arg(guest_file("vmlinux"))
+        .arg("--initrd")
+        .arg(&initramfs)
+        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 quiet"])
+        .args(["--memory", "256", "--balloon", "--serial"])
+        .arg(&serial)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&mut child, &serial, "BALLOON-FILLED");
+    let filled = guest_rss_kib(child.id());
+    wait_for(&mut child, &serial, "BALLOON-FREED");
+
+    // Linux reports free blocks 2 s after they were freed, in batches; give it time, then
+    // require most of the 64 MiB back. Without the balloon the RSS would stay where it was.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut now = guest_rss_kib(child.id());
+    while now + 48 * 1024 > filled && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        now = guest_rss_kib(child.id());
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        filled >= 64 * 1024,
+        "guest RAM resident after filling 64 MiB: {filled} KiB"
+    );
+    assert!(
+        now + 48 * 1024 <= filled,
+        "guest RAM resident: {filled} KiB with the 64 MiB file, still {now} KiB after it was \
+         deleted\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&serial).unwrap_or_default()
+    );
+}
