@@ -270,6 +270,28 @@ fn pod_lifecycle(env: &Env, handler: &str, check_running: impl FnOnce(&Env)) {
 
     check_running(env);
 
+    // A container that exits right after writing: nothing of its output is lost, and its
+    // exit code is reported.
+    let quick = cri::container_config(
+        "quick",
+        image::BUSYBOX,
+        &["sh", "-c", "echo bye; echo bye-err >&2; exit 3"],
+        "quick.log",
+    );
+    let quick = env.ok(
+        "CreateContainer",
+        env.cri.create_container(&pod, &quick, &pod_config),
+    );
+    env.ok("StartContainer", env.cri.start_container(&quick));
+    let exited = env.wait_state(&quick, cri::ContainerState::ContainerExited);
+    assert_eq!(exited.exit_code, 3, "{exited:?}");
+    assert_eq!(env.wait_log("quick.log", "stdout", "bye\n"), "bye\n");
+    assert_eq!(
+        env.wait_log("quick.log", "stderr", "bye-err\n"),
+        "bye-err\n"
+    );
+    env.ok("RemoveContainer", env.cri.remove_container(&quick));
+
     // The pod's PID namespace has the pause process as PID 1, so sleep dies of SIGTERM.
     env.ok("StopContainer", env.cri.stop_container(&ids[0], 10));
     let stopped = env.wait_state(&ids[0], cri::ContainerState::ContainerExited);
@@ -398,4 +420,68 @@ fn cri_killed_shim_leaves_nothing_with_sandbox() {
         .ok("ListPodSandbox", env.cri.list_pod_sandboxes())
         .is_empty());
     env.assert_clean();
+}
+
+/// containerd restarted while a pod runs: it reconnects to the live shim, the container
+/// still runs and answers ExecSync, and the pod is removed cleanly afterwards.
+fn restart_reconnects(handler: &str) {
+    let mut env = Env::new(&format!("restart-{handler}"));
+    let pod_config = cri::pod_config(&unique("pod-restart"), &unique("uid"), &env.logs);
+    let pod = env.ok(
+        "RunPodSandbox",
+        env.cri.run_pod_sandbox(&pod_config, handler),
+    );
+    let id = env.ok(
+        "CreateContainer",
+        env.cri
+            .create_container(&pod, &talking_container("survivor"), &pod_config),
+    );
+    env.ok("StartContainer", env.cri.start_container(&id));
+    env.wait_state(&id, cri::ContainerState::ContainerRunning);
+    let shims = env.daemon.shim_pids();
+    let vmms = env.vmms();
+
+    if let Err(e) = env.daemon.restart() {
+        env.fail("restarting containerd", e);
+    }
+    env.cri = cri::Client::connect(&env.daemon.socket()).expect("reconnect to CRI");
+    assert_eq!(
+        env.daemon.shim_pids(),
+        shims,
+        "the shims survive the restart"
+    );
+    assert_eq!(env.vmms(), vmms, "the VMs survive the restart");
+    env.wait_state(&id, cri::ContainerState::ContainerRunning);
+    let r = env.ok(
+        "ExecSync",
+        env.cri.exec_sync(&id, &["echo", "still-here"], 60),
+    );
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "still-here\n", "{r:?}");
+    assert_eq!(r.exit_code, 0);
+
+    env.ok("StopPodSandbox", env.cri.stop_pod_sandbox(&pod));
+    env.ok("RemovePodSandbox", env.cri.remove_pod_sandbox(&pod));
+    assert!(env
+        .ok("ListPodSandbox", env.cri.list_pod_sandboxes())
+        .is_empty());
+    env.assert_clean();
+}
+
+/// The harness's restart with runc.
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn cri_restarted_containerd_reconnects_with_runc() {
+    restart_reconnects("runc");
+}
+
+/// A restarted containerd reconnects to our live shim; the pod's one VM survives.
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn cri_restarted_containerd_reconnects_with_sandbox() {
+    assert!(
+        containerd::shim_binary().is_some(),
+        "{} is not built (cargo build --release -p shim, or set $SANDBOX_SHIM_BIN)",
+        containerd::SHIM_BINARY
+    );
+    restart_reconnects("sandbox");
 }

@@ -40,6 +40,9 @@ pub enum Error {
 /// A running containerd; stopped and cleaned up on drop.
 pub struct Containerd {
     config: Config,
+    program: PathBuf,
+    /// Its whole environment on top of ours (PATH included).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -95,38 +98,24 @@ impl Builder {
             path: toml_path.clone(),
             source,
         })?;
-        let log_path = config.dir.join("containerd.log");
-        let log = fs::File::create(&log_path).map_err(|source| Error::Prepare {
-            path: log_path.clone(),
-            source,
-        })?;
-        let log_err = log.try_clone().map_err(|source| Error::Prepare {
-            path: log_path.clone(),
-            source,
-        })?;
         let mut path: Vec<PathBuf> = self.path_prefix.clone();
         path.extend(std::env::split_paths(
             &std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
         ));
-        let mut cmd = Command::new(&self.program);
-        cmd.arg("--config")
-            .arg(&toml_path)
-            .env(
-                "PATH",
-                std::env::join_paths(path).unwrap_or_else(|_| "/usr/bin:/bin".into()),
-            )
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        let child = cmd.spawn().map_err(|source| Error::Spawn {
-            program: self.program.clone(),
-            source,
-        })?;
+        let mut env = self.env;
+        env.push((
+            "PATH".into(),
+            std::env::join_paths(path)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "/usr/bin:/bin".into()),
+        ));
         let mut daemon = Containerd {
             config,
-            child: Some(child),
+            program: self.program,
+            env,
+            child: None,
         };
+        daemon.spawn()?;
         daemon.wait_ready()?;
         Ok(daemon)
     }
@@ -187,6 +176,43 @@ impl Containerd {
     /// Mount points under its directory.
     pub fn mounts(&self) -> Vec<PathBuf> {
         procs::mounts_under(&self.config.dir)
+    }
+
+    /// Stops containerd (SIGTERM, as an init system would) and starts it again with the same
+    /// config, root and state; its shims keep running and must be reconnected.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        self.stop_daemon();
+        self.spawn()?;
+        self.wait_ready()
+    }
+
+    /// Starts the process, its output appended to `containerd.log`.
+    fn spawn(&mut self) -> Result<(), Error> {
+        let log_path = self.config.dir.join("containerd.log");
+        let prepare = |source| Error::Prepare {
+            path: log_path.clone(),
+            source,
+        };
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(prepare)?;
+        let log_err = log.try_clone().map_err(prepare)?;
+        let child = Command::new(&self.program)
+            .arg("--config")
+            .arg(self.config.dir.join("config.toml"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                program: self.program.clone(),
+                source,
+            })?;
+        self.child = Some(child);
+        Ok(())
     }
 
     fn wait_ready(&mut self) -> Result<(), Error> {
