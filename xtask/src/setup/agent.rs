@@ -1,4 +1,4 @@
-//! The guest agent as a static binary: a build with the size-optimised `guest` profile
+//! The guest agent as a static binary: a build with the size-optimised `guest-agent` profile
 //! (workspace Cargo.toml) for the gnu target with crt-static.
 //! With an explicit --target, RUSTFLAGS reach only the target crates, not build scripts.
 
@@ -14,9 +14,9 @@ pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 const PACKAGE: &str = "agent";
 const BINARY: &str = "sandbox-agent";
 /// The cargo profile (and its directory under the target dir).
-const PROFILE: &str = "guest";
+const PROFILE: &str = "guest-agent";
 
-/// Builds the agent into `<workspace>/target/<TARGET>/guest` and checks it has no interpreter.
+/// Builds the agent into `<workspace>/target/<TARGET>/guest-agent` and checks it has no interpreter.
 pub fn build(workspace: &Path) -> Result<PathBuf> {
     let target_dir = workspace.join("target");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
