@@ -114,6 +114,7 @@ fn ctr_exec_kill_and_delete() {
     let d = daemon("ctr-exec");
     let ctr = d.ctr(NS);
     let id = "ctr-exec-1";
+    let events = Events::follow(&ctr);
     let out = run(
         &ctr,
         &[
@@ -195,6 +196,88 @@ fn ctr_exec_kill_and_delete() {
     let out = run(&ctr, &["containers", "delete", id]);
     assert!(out.status.success(), "{out:?}");
     assert_nothing_left(&d, &ctr);
+
+    // The shim's events reached containerd in lifecycle order.
+    let topics = events.topics(id, "/tasks/delete");
+    let first = |t: &str| {
+        topics
+            .iter()
+            .position(|x| x == t)
+            .unwrap_or_else(|| panic!("no {t} event in {topics:?}"))
+    };
+    let order = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/exit",
+        "/tasks/paused",
+        "/tasks/resumed",
+    ];
+    for pair in order.windows(2) {
+        assert!(
+            first(pair[0]) < first(pair[1]),
+            "{pair:?} out of order: {topics:?}"
+        );
+    }
+    let last_exit = topics.iter().rposition(|x| x == "/tasks/exit").unwrap();
+    assert!(first("/tasks/delete") > last_exit, "{topics:?}");
+}
+
+/// `ctr events` running in the background, its lines collected.
+struct Events {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Events {
+    fn follow(ctr: &Ctr) -> Events {
+        let mut child = ctr
+            .command(&["events"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr events");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        // Let the subscription start before anything happens.
+        std::thread::sleep(Duration::from_secs(1));
+        Events { child, lines }
+    }
+
+    /// The `/tasks/...` topics about container `id`, waiting (bounded) until `last` arrived.
+    fn topics(&self, id: &str, last: &str) -> Vec<String> {
+        let begin = Instant::now();
+        loop {
+            let topics: Vec<String> = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(id) && l.contains(NS))
+                .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+                .map(str::to_string)
+                .collect();
+            if topics.iter().any(|t| t == last) || begin.elapsed() > Duration::from_secs(20) {
+                return topics;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
