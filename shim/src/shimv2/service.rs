@@ -246,11 +246,11 @@ impl Service {
         Ok(api::Empty::default())
     }
 
-    /// Publishes TaskOOM for the task's OOM kills in the guest until the VM goes away.
-    fn watch_oom(&self, client: &AgentClient, id: &str) {
-        let events = self.events.clone();
+    /// Publishes TaskOOM for OOM kills in the guest of a VM (its own task's, and those of the
+    /// pod's containers that join it later) until the VM goes away.
+    fn watch_oom(&self, client: &AgentClient) {
+        let svc = self.clone();
         let endpoint = client.endpoint().clone();
-        let id = id.to_string();
         std::thread::spawn(move || {
             // Its own connection: the long poll holds a call open.
             let Ok(own) = AgentClient::connect(&endpoint, crate::controller::vm::CALL_TIMEOUT)
@@ -260,8 +260,13 @@ impl Service {
             let listener = EventListener::spawn(own);
             while let Some(Ok(event)) = listener.recv() {
                 if let AgentEvent::Oom { container_id, .. } = event {
-                    if container_id == vm_id(&id) {
-                        events.send(Event::Oom { id: id.clone() });
+                    let task = svc
+                        .lock()
+                        .keys()
+                        .find(|id| vm_id(id) == container_id)
+                        .cloned();
+                    if let Some(id) = task {
+                        svc.events.send(Event::Oom { id });
                     }
                 }
             }
@@ -328,7 +333,7 @@ impl Service {
             .await?
         };
         if let Backend::Vm(client) = &backend {
-            self.watch_oom(client, &id);
+            self.watch_oom(client);
         }
         let mut init = Process::new("", stdio.clone(), Vec::new());
         init.pid = pid;
