@@ -272,27 +272,9 @@ impl Sandbox {
 
     /// `create` for a caller that relays stdio itself (the containerd shim): the streams of
     /// `stdio` (or the tty, when the spec asks for a terminal) are announced and wait for the
-    /// caller to attach them; the VMM keeps running after we return. Returns the record, a
-    /// connected client and the init's pid in the guest.
-    pub fn create_attached(
-        &self,
-        id: &str,
-        bundle: &Path,
-        stdio: StdioSet,
-    ) -> Result<(Record, AgentClient, u32), Error> {
-        let mut phases = Phases::new(self.cfg.debug);
-        let created = self.create_vm(id, bundle, stdio, &mut phases, None, 0)?;
-        created.vmm.detach();
-        let pid = created
-            .client
-            .container_state(id)
-            .map(|s| s.pid)
-            .unwrap_or(0);
-        Ok((created.record, created.client, pid))
-    }
-
-    /// `create_attached` for a pod's first (sandbox) container: the VM gets `slots` empty
-    /// disks on which containers joining the pod later receive their images (`join_pod`).
+    /// caller to attach them; the VMM keeps running after we return. A pod's VM gets `slots`
+    /// empty disks on which the pod's other containers later receive their images
+    /// (`join_pod`). Returns the record, a connected client and the init's pid in the guest.
     pub fn create_pod(
         &self,
         id: &str,
@@ -365,12 +347,6 @@ impl Sandbox {
             }
         }
         let _ = fs::remove_dir_all(&member);
-    }
-
-    /// A client of the agent of container `id`'s running VM.
-    pub fn client(&self, id: &str) -> Result<AgentClient, Error> {
-        let record = self.root.load(id)?;
-        self.connect(&record)
     }
 
     /// `start` of a created container.
