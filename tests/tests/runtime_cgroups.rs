@@ -100,7 +100,7 @@ true
     assert_eq!(line(&out, "paused:"), "\"status\": \"paused\" freeze=1");
     assert_eq!(line(&out, "resumed:"), "\"status\": \"running\" freeze=0");
     let stats: serde_json::Value = serde_json::from_str(line(&out, "stats:")).unwrap();
-    assert_eq!(stats["data"]["pids_current"], 2, "{stats}");
+    assert_eq!(stats["data"]["pids"]["current"], 2, "{stats}");
     assert_eq!(stats["events"]["populated"], 1, "{stats}");
     assert_eq!(line(&out, "procs-after-kill:"), "empty");
     assert_eq!(line(&out, "after-kill:"), "\"status\": \"stopped\"");

@@ -324,7 +324,11 @@ impl Backend for NoVm {
             Ok(super::events::stats_line(&a.id, &s))
         };
         if a.stats {
-            println!("{}", stats(&c)?);
+            // runc's line, plus the raw cgroup.events/memory.events counters.
+            let mut v: serde_json::Value =
+                serde_json::from_str(&stats(&c)?).map_err(|e| CliError::Usage(e.to_string()))?;
+            v["events"] = serde_json::json!(c.events()?);
+            println!("{v}");
             return Ok(());
         }
         let mut oom_kills = c.events()?.get("oom_kill").copied().unwrap_or(0);
