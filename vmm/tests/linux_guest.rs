@@ -276,6 +276,65 @@ fn guest_writes_reach_the_disk_file_and_a_read_only_disk_refuses_them() {
     assert!(std::fs::read(&ro).unwrap() == ro_before, "ro.img changed");
 }
 
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn api_shutdown_is_ctrl_alt_del_and_the_agent_stops_the_guest_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.log");
+    let api = dir.path().join("api.sock");
+    let mut child = vmm(
+        "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd",
+        &serial,
+    )
+    .arg("--api-sock")
+    .arg(&api)
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_ready(&mut child, &serial);
+
+    // A long grace: the guest must stop by itself, not by the VMM's timeout.
+    let mut a = UnixStream::connect(&api).unwrap();
+    a.write_all(b"{\"action\":\"shutdown\",\"timeout_ms\":120000}\n")
+        .unwrap();
+    let mut reply = String::new();
+    BufReader::new(a.try_clone().unwrap())
+        .read_line(&mut reply)
+        .unwrap();
+    assert_eq!(reply, "{\"ok\":true,\"state\":\"shutting-down\"}\n");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(100);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the guest did not stop after Ctrl-Alt-Del:\n{}",
+                std::fs::read_to_string(&serial).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let console = std::fs::read_to_string(&serial).unwrap();
+    assert!(status.success(), "{status}: {stderr}\n{console}");
+    assert!(
+        console.contains("Ctrl-Alt-Del: stopping the workload"),
+        "the agent never saw Ctrl-Alt-Del:\n{console}"
+    );
+    assert!(console.contains("reboot: Restarting system"), "{console}");
+    assert!(!api.exists());
+}
+
 /// The guest's /init for the balloon test: fills 64 MiB of tmpfs (guest RAM the host backs),
 /// deletes it, then idles so free page reporting can hand those pages back.
 const BALLOON_INIT: &str = r#"#!/bin/sh
