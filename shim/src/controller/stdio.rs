@@ -99,7 +99,9 @@ fn spawn_output(mut from: StdioStream, to: File) -> JoinHandle<()> {
     })
 }
 
-fn pump(from: &mut impl Read, mut to: File) -> io::Result<u64> {
+/// Copies until EOF on `from` in large chunks (what the guest's stdio streams deliver);
+/// an error on either side ends it. Shared with the containerd shim's FIFO relay.
+pub fn pump(from: &mut impl Read, mut to: impl Write) -> io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0;
     loop {

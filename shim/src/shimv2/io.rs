@@ -3,15 +3,13 @@
 //! published so the last byte always precedes TaskExit.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::thread::JoinHandle;
 
 use crate::agent_client::{self, AgentClient, StdioSet, StdioStream, StreamKind};
 
 use super::process::StdioPaths;
-
-/// Bytes moved per read.
-const CHUNK: usize = 64 * 1024;
+use crate::controller::stdio::pump;
 
 /// The streams to announce to the agent for these paths (a terminal's single tty stream
 /// needs none announced: the agent creates it with the pty).
@@ -82,7 +80,7 @@ fn spawn_input(fifo: String, mut to: StdioStream) {
     std::thread::spawn(move || {
         match File::open(&fifo) {
             Ok(mut from) => {
-                if copy(&mut from, &mut to).is_err() {
+                if pump(&mut from, &mut to).is_err() {
                     return;
                 }
             }
@@ -98,7 +96,7 @@ fn spawn_output(fifo: String, mut from: StdioStream) -> JoinHandle<()> {
     std::thread::spawn(move || {
         if !fifo.is_empty() {
             match OpenOptions::new().write(true).open(&fifo) {
-                Ok(mut to) => match copy(&mut from, &mut to) {
+                Ok(mut to) => match pump(&mut from, &mut to) {
                     Ok(_) => return,
                     Err(e) => log::warn!("output FIFO {fifo}: {e}"),
                 },
@@ -107,22 +105,6 @@ fn spawn_output(fifo: String, mut from: StdioStream) -> JoinHandle<()> {
         }
         let _ = io::copy(&mut from, &mut io::sink());
     })
-}
-
-/// Copies until EOF on `from`; an error on either side ends it.
-fn copy(from: &mut impl Read, to: &mut impl Write) -> io::Result<u64> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-        total += n as u64;
-    }
 }
 
 #[cfg(test)]
@@ -156,7 +138,7 @@ mod tests {
     fn copy_moves_everything_in_order() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
         let mut out = Vec::new();
-        assert_eq!(copy(&mut &data[..], &mut out).unwrap(), data.len() as u64);
+        assert_eq!(pump(&mut &data[..], &mut out).unwrap(), data.len() as u64);
         assert_eq!(out, data);
     }
 }

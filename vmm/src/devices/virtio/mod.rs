@@ -107,6 +107,40 @@ pub enum ActivateError {
     ActivateEvent(std::io::Error),
 }
 
+/// What a multi-queue device holds once the driver has activated it.
+pub struct ActiveState {
+    pub mem: GuestMemoryMmap,
+    pub interrupt: Arc<IrqTrigger>,
+    pub queues: Vec<Queue>,
+}
+
+impl ActiveState {
+    /// Checks an activation (the device is not active yet, the driver set up `expected`
+    /// queues) and keeps its parts.
+    pub fn new(
+        already_active: bool,
+        expected: usize,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<IrqTrigger>,
+        queues: Vec<Queue>,
+    ) -> Result<Self, ActivateError> {
+        if already_active {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if queues.len() != expected {
+            return Err(ActivateError::QueueCount {
+                expected,
+                got: queues.len(),
+            });
+        }
+        Ok(Self {
+            mem,
+            interrupt,
+            queues,
+        })
+    }
+}
+
 /// A virtio device, independent of the transport that exposes it.
 ///
 /// The transport negotiates features and configures queues; on DRIVER_OK it hands the

@@ -16,8 +16,8 @@ use super::{
 };
 use crate::devices::virtio::features::VIRTIO_F_VERSION_1;
 use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateError, GuestMemoryMmap, IrqTrigger, IrqType,
-    VirtioDevice,
+    device_type, read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger,
+    IrqType, VirtioDevice,
 };
 
 /// Errors of balloon device creation and queue processing.
@@ -43,12 +43,6 @@ pub struct BalloonStats {
     pub inflated_bytes: u64,
     /// Descriptors or ranges refused (wrong direction, out of guest memory, unaligned).
     pub rejected: u64,
-}
-
-struct ActiveState {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<IrqTrigger>,
-    queues: Vec<Queue>,
 }
 
 /// A virtio-balloon device offering free page reporting.
@@ -264,20 +258,13 @@ impl VirtioDevice for Balloon {
         interrupt: Arc<IrqTrigger>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if queues.len() != 3 {
-            return Err(ActivateError::QueueCount {
-                expected: 3,
-                got: queues.len(),
-            });
-        }
-        self.active = Some(ActiveState {
+        self.active = Some(ActiveState::new(
+            self.active.is_some(),
+            3,
             mem,
             interrupt,
             queues,
-        });
+        )?);
         // Buffers queued before activation (a kick that arrived early) are served now.
         let _ = self.queue_evts[INFLATEQ].write(1);
         Ok(())

@@ -13,8 +13,8 @@ use super::packet::Packet;
 use super::{QUEUE_SIZE, RXQ, TXQ};
 use crate::devices::virtio::features::VIRTIO_F_VERSION_1;
 use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateError, GuestMemoryMmap, IrqTrigger, IrqType,
-    VirtioDevice,
+    device_type, read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger,
+    IrqType, VirtioDevice,
 };
 
 /// Errors of vsock device creation and queue processing.
@@ -33,12 +33,6 @@ pub enum VsockError {
     },
     #[error("cannot signal the vsock interrupt: {0}")]
     Interrupt(std::io::Error),
-}
-
-struct ActiveState {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<IrqTrigger>,
-    queues: Vec<Queue>,
 }
 
 /// A virtio-vsock device whose host end is a Unix socket.
@@ -205,20 +199,13 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<IrqTrigger>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if queues.len() != 3 {
-            return Err(ActivateError::QueueCount {
-                expected: 3,
-                got: queues.len(),
-            });
-        }
-        self.active = Some(ActiveState {
+        self.active = Some(ActiveState::new(
+            self.active.is_some(),
+            3,
             mem,
             interrupt,
             queues,
-        });
+        )?);
         self.activate_evt
             .write(1)
             .map_err(ActivateError::ActivateEvent)
