@@ -82,7 +82,7 @@ fn boot(dir: tempfile::TempDir, vsock: &Path, image: Option<&Path>) -> Vm {
         .arg(input("SANDBOX_VMLINUX", "target/guest/vmlinux"))
         .arg("--initrd")
         .arg(input("SANDBOX_INITRAMFS", "target/guest/initramfs.cpio"))
-        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 quiet"])
+        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet"])
         .args(["--memory", "256", "--vcpus", "1", "--serial", "stdout"])
         .arg("--vsock")
         .arg(format!("3,{}", vsock.display()));

@@ -50,7 +50,7 @@ fn guest_reaches_agent_ready_and_its_reboot_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let serial = dir.path().join("serial.log");
     let out = vmm(
-        "console=ttyS0 reboot=k panic=-1 sandbox.exit_after_ready",
+        "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd sandbox.exit_after_ready",
         &serial,
     )
     .output()
@@ -77,7 +77,7 @@ fn two_vcpus_and_virtio_devices_are_seen_by_the_guest() {
         .unwrap();
     let vsock = dir.path().join("v.sock");
     let out = vmm(
-        "console=ttyS0 reboot=k panic=-1 sandbox.exit_after_ready",
+        "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd sandbox.exit_after_ready",
         &serial,
     )
     .args(["--vcpus", "2", "--block"])
@@ -110,14 +110,17 @@ fn host_reaches_the_agent_over_vsock_and_api_flush_and_exit_stops_the_vm() {
     let serial = dir.path().join("serial.log");
     let vsock = dir.path().join("v.sock");
     let api = dir.path().join("api.sock");
-    let mut child = vmm("console=ttyS0 reboot=k panic=-1 quiet", &serial)
-        .arg("--vsock")
-        .arg(format!("3,{}", vsock.display()))
-        .arg("--api-sock")
-        .arg(&api)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = vmm(
+        "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet",
+        &serial,
+    )
+    .arg("--vsock")
+    .arg(format!("3,{}", vsock.display()))
+    .arg("--api-sock")
+    .arg(&api)
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     wait_ready(&mut child, &serial);
 
     // Firecracker's hybrid vsock: CONNECT to the agent's API port (1024).
@@ -233,7 +236,7 @@ fn guest_writes_reach_the_disk_file_and_a_read_only_disk_refuses_them() {
         .arg(guest_file("vmlinux"))
         .arg("--initrd")
         .arg(&initramfs)
-        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 quiet"])
+        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet"])
         .args(["--memory", "128", "--serial"])
         .arg(&serial)
         .arg("--block")
@@ -405,7 +408,7 @@ fn pages_the_guest_frees_are_released_on_the_host_through_free_page_reporting() 
         .arg(guest_file("vmlinux"))
         .arg("--initrd")
         .arg(&initramfs)
-        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 quiet"])
+        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet"])
         .args(["--memory", "256", "--balloon", "--serial"])
         .arg(&serial)
         .stderr(Stdio::piped())

@@ -110,7 +110,7 @@ fn guest_boots_to_agent_ready_under_qemu_tcg() {
         .arg(guest.join("initramfs.cpio"))
         .args([
             "-append",
-            "console=ttyS0 reboot=k panic=-1 sandbox.exit_after_ready",
+            "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd sandbox.exit_after_ready",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
