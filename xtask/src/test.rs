@@ -77,8 +77,9 @@ const EXIT_MARKER: &str = "==> exit status ";
 /// Lab VMs booted at most for one run: a crash or hang of the emulated lab host (not of a
 /// test) costs a fresh lab for the binaries that had not finished.
 const LAB_BOOTS: usize = 3;
-/// A lab where nothing at all was printed for this long is taken as hung.
-const LAB_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// A lab where nothing at all was printed for this long is taken as hung (the slowest lab
+/// test, 100 MiB through `sandbox run`, prints within a minute or two).
+const LAB_IDLE_TIMEOUT: Duration = Duration::from_secs(420);
 /// Limit for one test binary inside the lab (its tests have their own, shorter, watchdogs).
 const BINARY_TIMEOUT_SECS: u64 = 1200;
 /// Printed by the lab script for a test that failed and then passed when run again alone.
