@@ -3,7 +3,7 @@
 //! These need real KVM: `cargo xtask test` runs them in the lab.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 const READY: &str = "SANDBOX-AGENT-READY";
@@ -14,19 +14,26 @@ fn guest_file(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn vmm(cmdline: &str, serial: &std::path::Path) -> Command {
+/// The VMM booting our kernel and initramfs with 256 MiB, its console in `serial`.
+fn vmm(cmdline: &str, serial: &Path) -> Command {
+    vmm_with_initrd(&guest_file("initramfs.cpio"), cmdline, 256, serial)
+}
+
+/// The VMM booting our kernel with `initrd` and `memory_mib` MiB, its console in `serial`.
+fn vmm_with_initrd(initrd: &Path, cmdline: &str, memory_mib: u32, serial: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sandbox-vmm"));
     c.arg("--kernel")
         .arg(guest_file("vmlinux"))
         .arg("--initrd")
-        .arg(guest_file("initramfs.cpio"))
-        .args(["--cmdline", cmdline, "--memory", "256", "--serial"])
+        .arg(initrd)
+        .args(["--cmdline", cmdline, "--memory", &memory_mib.to_string()])
+        .arg("--serial")
         .arg(serial);
     c
 }
 
 /// Waits until the console shows the agent's readiness line (or the VMM exits).
-fn wait_ready(child: &mut Child, serial: &std::path::Path) {
+fn wait_ready(child: &mut Child, serial: &Path) {
     loop {
         if std::fs::read_to_string(serial)
             .unwrap_or_default()
@@ -159,7 +166,7 @@ enum Node<'a> {
 }
 
 /// Writes a newc initramfs of `entries` to `path`.
-fn write_initramfs(path: &std::path::Path, entries: &[(String, Node<'_>)]) {
+fn write_initramfs(path: &Path, entries: &[(String, Node<'_>)]) {
     let mut out = std::fs::File::create(path).unwrap();
     for (i, (name, node)) in entries.iter().enumerate() {
         let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match node {
@@ -179,6 +186,28 @@ fn write_initramfs(path: &std::path::Path, entries: &[(String, Node<'_>)]) {
         out = w.finish().unwrap();
     }
     cpio::newc::trailer(out).unwrap();
+}
+
+/// Writes `dir`/initramfs.cpio for a busybox-only guest: /bin, /dev and the `dirs`,
+/// /dev/console, /bin/busybox (the host's static one) linked as each of `applets`, and `init`
+/// as /init. Returns its path.
+fn busybox_initramfs(dir: &Path, dirs: &[&str], init: &str, applets: &[&str]) -> PathBuf {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static at /bin/busybox");
+    let mut entries: Vec<(String, Node<'_>)> = ["bin", "dev"]
+        .iter()
+        .chain(dirs)
+        .map(|d| (d.to_string(), Node::Dir))
+        .collect();
+    // The kernel opens it for /init's stdio before anything is mounted.
+    entries.push(("dev/console".into(), Node::CharDev(5, 1)));
+    entries.push(("bin/busybox".into(), Node::File(&busybox)));
+    entries.push(("init".into(), Node::File(init.as_bytes())));
+    for applet in applets {
+        entries.push((format!("bin/{applet}"), Node::Symlink("busybox")));
+    }
+    let path = dir.join("initramfs.cpio");
+    write_initramfs(&path, &entries);
+    path
 }
 
 /// The guest's /init for the block test: shows what it reads at the start of each disk,
@@ -203,21 +232,12 @@ fn guest_writes_reach_the_disk_file_and_a_read_only_disk_refuses_them() {
         .prefix("vmm-blk")
         .tempdir_in("/var/tmp")
         .unwrap();
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static at /bin/busybox");
-    let initramfs = dir.path().join("initramfs.cpio");
-    let mut entries: Vec<(String, Node<'_>)> = vec![
-        ("bin".into(), Node::Dir),
-        ("dev".into(), Node::Dir),
-        ("sys".into(), Node::Dir),
-        // The kernel opens it for /init's stdio before anything is mounted.
-        ("dev/console".into(), Node::CharDev(5, 1)),
-        ("bin/busybox".into(), Node::File(&busybox)),
-        ("init".into(), Node::File(BLOCK_INIT.as_bytes())),
-    ];
-    for applet in ["sh", "mount", "cat", "head", "printf", "dd", "reboot"] {
-        entries.push((format!("bin/{applet}"), Node::Symlink("busybox")));
-    }
-    write_initramfs(&initramfs, &entries);
+    let initramfs = busybox_initramfs(
+        dir.path(),
+        &["sys"],
+        BLOCK_INIT,
+        &["sh", "mount", "cat", "head", "printf", "dd", "reboot"],
+    );
 
     // Two 1 MiB disks, each with its own label at offset 0: vda writable, vdb read-only.
     let disk = |name: &str, label: &[u8]| {
@@ -231,20 +251,18 @@ fn guest_writes_reach_the_disk_file_and_a_read_only_disk_refuses_them() {
     let (ro, ro_before) = disk("ro.img", b"HOST-RO-DISK");
 
     let serial = dir.path().join("serial.log");
-    let out = Command::new(env!("CARGO_BIN_EXE_sandbox-vmm"))
-        .arg("--kernel")
-        .arg(guest_file("vmlinux"))
-        .arg("--initrd")
-        .arg(&initramfs)
-        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet"])
-        .args(["--memory", "128", "--serial"])
-        .arg(&serial)
-        .arg("--block")
-        .arg(&rw)
-        .arg("--block")
-        .arg(format!("{},ro", ro.display()))
-        .output()
-        .unwrap();
+    let out = vmm_with_initrd(
+        &initramfs,
+        "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet",
+        128,
+        &serial,
+    )
+    .arg("--block")
+    .arg(&rw)
+    .arg("--block")
+    .arg(format!("{},ro", ro.display()))
+    .output()
+    .unwrap();
     let console = std::fs::read_to_string(&serial).unwrap();
     assert!(
         out.status.success(),
@@ -367,7 +385,7 @@ fn guest_rss_kib(pid: u32) -> u64 {
 }
 
 /// Waits for `marker` on the console; panics with the console if the VMM exits first.
-fn wait_for(child: &mut Child, serial: &std::path::Path, marker: &str) {
+fn wait_for(child: &mut Child, serial: &Path, marker: &str) {
     loop {
         let console = std::fs::read_to_string(serial).unwrap_or_default();
         if console.contains(marker) {
@@ -387,33 +405,24 @@ fn pages_the_guest_frees_are_released_on_the_host_through_free_page_reporting() 
         .prefix("vmm-balloon")
         .tempdir_in("/var/tmp")
         .unwrap();
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static at /bin/busybox");
-    let initramfs = dir.path().join("initramfs.cpio");
-    let mut entries: Vec<(String, Node<'_>)> = vec![
-        ("bin".into(), Node::Dir),
-        ("dev".into(), Node::Dir),
-        ("mnt".into(), Node::Dir),
-        ("dev/console".into(), Node::CharDev(5, 1)),
-        ("bin/busybox".into(), Node::File(&busybox)),
-        ("init".into(), Node::File(BALLOON_INIT.as_bytes())),
-    ];
-    for applet in ["sh", "mount", "dd", "ls", "rm", "sleep"] {
-        entries.push((format!("bin/{applet}"), Node::Symlink("busybox")));
-    }
-    write_initramfs(&initramfs, &entries);
+    let initramfs = busybox_initramfs(
+        dir.path(),
+        &["mnt"],
+        BALLOON_INIT,
+        &["sh", "mount", "dd", "ls", "rm", "sleep"],
+    );
 
     let serial = dir.path().join("serial.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sandbox-vmm"))
-        .arg("--kernel")
-        .arg(guest_file("vmlinux"))
-        .arg("--initrd")
-        .arg(&initramfs)
-        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet"])
-        .args(["--memory", "256", "--balloon", "--serial"])
-        .arg(&serial)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = vmm_with_initrd(
+        &initramfs,
+        "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet",
+        256,
+        &serial,
+    )
+    .arg("--balloon")
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     wait_for(&mut child, &serial, "BALLOON-FILLED");
     let filled = guest_rss_kib(child.id());
     wait_for(&mut child, &serial, "BALLOON-FREED");
