@@ -107,7 +107,7 @@ pub enum ActivateError {
     ActivateEvent(std::io::Error),
 }
 
-/// What a multi-queue device holds once the driver has activated it.
+/// What a device holds once the driver has activated it.
 pub struct ActiveState {
     pub mem: GuestMemoryMmap,
     pub interrupt: Arc<IrqTrigger>,

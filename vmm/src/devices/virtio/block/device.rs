@@ -17,8 +17,8 @@ use super::request::Request;
 use super::{status, DISK_ID_LEN, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX};
 use crate::devices::virtio::features::VIRTIO_F_VERSION_1;
 use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateError, GuestMemoryMmap, IrqTrigger, IrqType,
-    VirtioDevice,
+    device_type, read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger,
+    IrqType, VirtioDevice,
 };
 
 /// Errors of block device creation and queue processing.
@@ -40,13 +40,6 @@ pub enum BlockError {
     Queue(virtio_queue::Error),
     #[error("cannot signal the block device interrupt: {0}")]
     Interrupt(std::io::Error),
-}
-
-/// What the device needs once the driver started it.
-struct ActiveState {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<IrqTrigger>,
-    queue: Queue,
 }
 
 /// A virtio-blk device backed by a file.
@@ -147,8 +140,9 @@ impl Block {
             return Ok(());
         };
         let mem = &active.mem;
+        let queue = &mut active.queues[0];
         let mut used_any = false;
-        while let Some(chain) = active.queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let used_len = match Request::parse(chain, self.capacity) {
                 Ok(req) => {
@@ -178,18 +172,12 @@ impl Block {
                     }
                 }
             };
-            active
-                .queue
+            queue
                 .add_used(mem, head, used_len)
                 .map_err(BlockError::Queue)?;
             used_any = true;
         }
-        if used_any
-            && active
-                .queue
-                .needs_notification(mem)
-                .map_err(BlockError::Queue)?
-        {
+        if used_any && queue.needs_notification(mem).map_err(BlockError::Queue)? {
             active
                 .interrupt
                 .trigger(IrqType::Vring)
@@ -238,18 +226,13 @@ impl VirtioDevice for Block {
         interrupt: Arc<IrqTrigger>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = queues.len();
-        let Ok([queue]) = <[Queue; 1]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
-        self.active = Some(ActiveState {
+        self.active = Some(ActiveState::new(
+            self.active.is_some(),
+            1,
             mem,
             interrupt,
-            queue,
-        });
+            queues,
+        )?);
         // Requests queued before activation (a kick that arrived early) are served now.
         let _ = self.queue_evts[0].write(1);
         Ok(())
@@ -365,6 +348,35 @@ mod tests {
         assert_ne!(f.block.avail_features() & (1 << VIRTIO_BLK_F_FLUSH), 0);
         let ro = fixture(true);
         assert_ne!(ro.block.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+    }
+
+    #[test]
+    fn activation_wants_one_queue_and_a_reset_between_two() {
+        let mut f = fixture(false);
+        let queue = || Queue::new(QUEUE_SIZE).unwrap();
+        let e = f
+            .block
+            .activate(f.mem.clone(), f.irq.clone(), vec![queue(), queue()]);
+        assert!(matches!(
+            e,
+            Err(ActivateError::QueueCount {
+                expected: 1,
+                got: 2
+            })
+        ));
+        assert!(!f.block.is_activated());
+        f.block
+            .activate(f.mem.clone(), f.irq.clone(), vec![queue()])
+            .unwrap();
+        let e = f
+            .block
+            .activate(f.mem.clone(), f.irq.clone(), vec![queue()]);
+        assert!(matches!(e, Err(ActivateError::AlreadyActive)));
+        f.block.reset();
+        assert!(!f.block.is_activated());
+        f.block
+            .activate(f.mem.clone(), f.irq.clone(), vec![queue()])
+            .unwrap();
     }
 
     #[test]
