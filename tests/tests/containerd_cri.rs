@@ -73,6 +73,35 @@ impl Env {
         r.unwrap_or_else(|e| self.fail(what, e))
     }
 
+    /// RunPodSandbox of a new pod (named `name` and a unique suffix) with `handler`.
+    fn run_pod(&self, name: &str, handler: &str) -> Pod {
+        let config = cri::pod_config(&unique(name), &unique("uid"), &self.logs);
+        let id = self.ok("RunPodSandbox", self.cri.run_pod_sandbox(&config, handler));
+        Pod { id, config }
+    }
+
+    /// Creates and starts `talking_container(name)` in `pod`, and waits until it runs.
+    fn start_talking(&self, pod: &Pod, name: &str) -> String {
+        let id = self.ok(
+            "CreateContainer",
+            self.cri
+                .create_container(&pod.id, &talking_container(name), &pod.config),
+        );
+        self.ok("StartContainer", self.cri.start_container(&id));
+        self.wait_state(&id, cri::ContainerState::ContainerRunning);
+        id
+    }
+
+    /// StopPodSandbox and RemovePodSandbox of `pod`; then no pod and nothing of it is left.
+    fn remove_pod(&self, pod: &Pod) {
+        self.ok("StopPodSandbox", self.cri.stop_pod_sandbox(&pod.id));
+        self.ok("RemovePodSandbox", self.cri.remove_pod_sandbox(&pod.id));
+        assert!(self
+            .ok("ListPodSandbox", self.cri.list_pod_sandboxes())
+            .is_empty());
+        self.assert_clean();
+    }
+
     /// Waits until container `id` is in `state`.
     fn wait_state(&self, id: &str, state: cri::ContainerState) -> cri::ContainerStatus {
         let begin = Instant::now();
@@ -165,6 +194,21 @@ impl Env {
     }
 }
 
+/// A pod the test runs, with the config its containers are created against.
+struct Pod {
+    id: String,
+    config: cri::PodSandboxConfig,
+}
+
+/// Fails the test early when our shim is not built (the sandbox handler needs it).
+fn assert_shim_built() {
+    assert!(
+        containerd::shim_binary().is_some(),
+        "{} is not built (cargo build --release -p shim, or set $SANDBOX_SHIM_BIN)",
+        containerd::SHIM_BINARY
+    );
+}
+
 fn shim_sockets() -> BTreeSet<PathBuf> {
     fs::read_dir(SHIM_SOCKET_DIR)
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -203,13 +247,8 @@ fn talking_container(name: &str) -> cri::ContainerConfig {
 /// stop and remove one, then StopPodSandbox and RemovePodSandbox; nothing may be left.
 /// `check_running` runs while both containers run.
 fn pod_lifecycle(env: &Env, handler: &str, check_running: impl FnOnce(&Env)) {
-    let uid = unique("uid");
-    let pod_config = cri::pod_config(&unique(&format!("pod-{handler}")), &uid, &env.logs);
-    let pod = env.ok(
-        "RunPodSandbox",
-        env.cri.run_pod_sandbox(&pod_config, handler),
-    );
-    let status = env.ok("PodSandboxStatus", env.cri.pod_sandbox_status(&pod));
+    let pod = env.run_pod(&format!("pod-{handler}"), handler);
+    let status = env.ok("PodSandboxStatus", env.cri.pod_sandbox_status(&pod.id));
     assert_eq!(
         status.state,
         cri::PodSandboxState::SandboxReady as i32,
@@ -218,19 +257,13 @@ fn pod_lifecycle(env: &Env, handler: &str, check_running: impl FnOnce(&Env)) {
 
     let mut ids = Vec::new();
     for name in ["one", "two"] {
-        let id = env.ok(
-            "CreateContainer",
-            env.cri
-                .create_container(&pod, &talking_container(name), &pod_config),
-        );
-        env.ok("StartContainer", env.cri.start_container(&id));
-        env.wait_state(&id, cri::ContainerState::ContainerRunning);
+        let id = env.start_talking(&pod, name);
         env.wait_log(&format!("{name}.log"), "stdout", &format!("out-{name}\n"));
         env.wait_log(&format!("{name}.log"), "stderr", &format!("err-{name}\n"));
         ids.push(id);
     }
     let listed: BTreeSet<String> = env
-        .ok("ListContainers", env.cri.list_containers(Some(&pod)))
+        .ok("ListContainers", env.cri.list_containers(Some(&pod.id)))
         .into_iter()
         .map(|c| c.id)
         .collect();
@@ -280,7 +313,7 @@ fn pod_lifecycle(env: &Env, handler: &str, check_running: impl FnOnce(&Env)) {
     );
     let quick = env.ok(
         "CreateContainer",
-        env.cri.create_container(&pod, &quick, &pod_config),
+        env.cri.create_container(&pod.id, &quick, &pod.config),
     );
     env.ok("StartContainer", env.cri.start_container(&quick));
     let exited = env.wait_state(&quick, cri::ContainerState::ContainerExited);
@@ -297,17 +330,17 @@ fn pod_lifecycle(env: &Env, handler: &str, check_running: impl FnOnce(&Env)) {
     let stopped = env.wait_state(&ids[0], cri::ContainerState::ContainerExited);
     assert_eq!(stopped.exit_code, 128 + 15, "{stopped:?}");
     env.ok("RemoveContainer", env.cri.remove_container(&ids[0]));
-    let left = env.ok("ListContainers", env.cri.list_containers(Some(&pod)));
+    let left = env.ok("ListContainers", env.cri.list_containers(Some(&pod.id)));
     assert_eq!(left.len(), 1, "{left:?}");
 
-    env.ok("StopPodSandbox", env.cri.stop_pod_sandbox(&pod));
-    let status = env.ok("PodSandboxStatus", env.cri.pod_sandbox_status(&pod));
+    env.ok("StopPodSandbox", env.cri.stop_pod_sandbox(&pod.id));
+    let status = env.ok("PodSandboxStatus", env.cri.pod_sandbox_status(&pod.id));
     assert_eq!(
         status.state,
         cri::PodSandboxState::SandboxNotready as i32,
         "{status:?}"
     );
-    env.ok("RemovePodSandbox", env.cri.remove_pod_sandbox(&pod));
+    env.ok("RemovePodSandbox", env.cri.remove_pod_sandbox(&pod.id));
     assert!(env
         .ok("ListPodSandbox", env.cri.list_pod_sandboxes())
         .is_empty());
@@ -364,11 +397,7 @@ fn cri_pod_lifecycle_with_runc() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn cri_pod_lifecycle_with_sandbox() {
-    assert!(
-        containerd::shim_binary().is_some(),
-        "{} is not built (cargo build --release -p shim, or set $SANDBOX_SHIM_BIN)",
-        containerd::SHIM_BINARY
-    );
+    assert_shim_built();
     let env = Env::new("cri-sandbox");
     pod_lifecycle(&env, "sandbox", |env| {
         let vmms = env.vmms();
@@ -383,24 +412,10 @@ fn cri_pod_lifecycle_with_sandbox() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn cri_killed_shim_leaves_nothing_with_sandbox() {
-    assert!(
-        containerd::shim_binary().is_some(),
-        "{} is not built (cargo build --release -p shim, or set $SANDBOX_SHIM_BIN)",
-        containerd::SHIM_BINARY
-    );
+    assert_shim_built();
     let env = Env::new("cri-kill9");
-    let pod_config = cri::pod_config(&unique("pod-kill9"), &unique("uid"), &env.logs);
-    let pod = env.ok(
-        "RunPodSandbox",
-        env.cri.run_pod_sandbox(&pod_config, "sandbox"),
-    );
-    let id = env.ok(
-        "CreateContainer",
-        env.cri
-            .create_container(&pod, &talking_container("victim"), &pod_config),
-    );
-    env.ok("StartContainer", env.cri.start_container(&id));
-    env.wait_state(&id, cri::ContainerState::ContainerRunning);
+    let pod = env.run_pod("pod-kill9", "sandbox");
+    let id = env.start_talking(&pod, "victim");
     env.wait_log("victim.log", "stdout", "out-victim\n");
     assert_eq!(env.vmms().len(), 1, "one VM for the pod");
 
@@ -413,31 +428,15 @@ fn cri_killed_shim_leaves_nothing_with_sandbox() {
     .expect("kill -9 the shim");
     // containerd sees the shim disconnect and marks the container exited.
     env.wait_state(&id, cri::ContainerState::ContainerExited);
-
-    env.ok("StopPodSandbox", env.cri.stop_pod_sandbox(&pod));
-    env.ok("RemovePodSandbox", env.cri.remove_pod_sandbox(&pod));
-    assert!(env
-        .ok("ListPodSandbox", env.cri.list_pod_sandboxes())
-        .is_empty());
-    env.assert_clean();
+    env.remove_pod(&pod);
 }
 
 /// containerd restarted while a pod runs: it reconnects to the live shim, the container
 /// still runs and answers ExecSync, and the pod is removed cleanly afterwards.
 fn restart_reconnects(handler: &str) {
     let mut env = Env::new(&format!("restart-{handler}"));
-    let pod_config = cri::pod_config(&unique("pod-restart"), &unique("uid"), &env.logs);
-    let pod = env.ok(
-        "RunPodSandbox",
-        env.cri.run_pod_sandbox(&pod_config, handler),
-    );
-    let id = env.ok(
-        "CreateContainer",
-        env.cri
-            .create_container(&pod, &talking_container("survivor"), &pod_config),
-    );
-    env.ok("StartContainer", env.cri.start_container(&id));
-    env.wait_state(&id, cri::ContainerState::ContainerRunning);
+    let pod = env.run_pod("pod-restart", handler);
+    let id = env.start_talking(&pod, "survivor");
     let shims = env.daemon.shim_pids();
     let vmms = env.vmms();
 
@@ -458,13 +457,7 @@ fn restart_reconnects(handler: &str) {
     );
     assert_eq!(String::from_utf8_lossy(&r.stdout), "still-here\n", "{r:?}");
     assert_eq!(r.exit_code, 0);
-
-    env.ok("StopPodSandbox", env.cri.stop_pod_sandbox(&pod));
-    env.ok("RemovePodSandbox", env.cri.remove_pod_sandbox(&pod));
-    assert!(env
-        .ok("ListPodSandbox", env.cri.list_pod_sandboxes())
-        .is_empty());
-    env.assert_clean();
+    env.remove_pod(&pod);
 }
 
 /// The harness's restart with runc.
@@ -478,10 +471,6 @@ fn cri_restarted_containerd_reconnects_with_runc() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn cri_restarted_containerd_reconnects_with_sandbox() {
-    assert!(
-        containerd::shim_binary().is_some(),
-        "{} is not built (cargo build --release -p shim, or set $SANDBOX_SHIM_BIN)",
-        containerd::SHIM_BINARY
-    );
+    assert_shim_built();
     restart_reconnects("sandbox");
 }

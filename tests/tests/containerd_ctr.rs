@@ -81,6 +81,25 @@ fn run(ctr: &Ctr, args: &[&str]) -> containerd::command::Output {
         .unwrap_or_else(|e| panic!("ctr {args:?}: {e}"))
 }
 
+/// `ctr run -d` of task `id`: busybox sleeping in its own VM.
+fn start_sleeping_task(d: &Containerd, ctr: &Ctr, id: &str) {
+    let out = run(
+        ctr,
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            BUSYBOX,
+            id,
+            "sleep",
+            "1000",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    assert_eq!(vmm_pids(d).len(), 1, "one VM for the task");
+}
+
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn ctr_run_returns_output_and_exit_code() {
@@ -115,21 +134,7 @@ fn ctr_exec_kill_and_delete() {
     let ctr = d.ctr(NS);
     let id = "ctr-exec-1";
     let events = Events::follow(&ctr);
-    let out = run(
-        &ctr,
-        &[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            BUSYBOX,
-            id,
-            "sleep",
-            "1000",
-        ],
-    );
-    assert!(out.status.success(), "{out:?}\n{}", d.log());
-    assert_eq!(vmm_pids(&d).len(), 1, "one VM for the task");
+    start_sleeping_task(&d, &ctr, id);
 
     let out = run(
         &ctr,
@@ -359,21 +364,7 @@ fn killing_the_shim_leaves_nothing_behind() {
     let d = daemon("ctr-kill9");
     let ctr = d.ctr(NS);
     let id = "ctr-kill9-1";
-    let out = run(
-        &ctr,
-        &[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            BUSYBOX,
-            id,
-            "sleep",
-            "1000",
-        ],
-    );
-    assert!(out.status.success(), "{out:?}\n{}", d.log());
-    assert_eq!(vmm_pids(&d).len(), 1, "one VM for the task");
+    start_sleeping_task(&d, &ctr, id);
     assert_eq!(entries(&shim_state(&d)), vec![id.to_string()]);
     let shims = d.shim_pids();
     assert_eq!(shims.len(), 1, "one shim: {shims:?}");
