@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use linux_loader::cmdline::Cmdline;
-use linux_loader::loader::{load_cmdline, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use linux_loader::loader::load_cmdline;
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MMIO_GAP_START};
+use crate::arch::kernel::{load_pvh_elf, KernelError};
+use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, MMIO_GAP_START};
 use crate::arch::mptable::{self, MptableError};
 use crate::arch::pvh::{configure_pvh, InitrdRegion, PvhError};
 use crate::arch::regs::{self, RegsError};
@@ -23,7 +24,9 @@ use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::Bus;
 use crate::event_loop::{EventLoop, EventLoopError};
-use crate::vstate::memory::{create_guest_memory, GuestMemoryMmap, MemoryError};
+use crate::vstate::memory::{
+    create_guest_memory, map_or_copy_file, FileMapError, GuestMemoryMmap, MemoryError,
+};
 use crate::vstate::vcpu::{self, Vcpu, VcpuControl, VcpuError, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
 use crate::vstate::{ExitReason, ExitSignal};
@@ -41,12 +44,7 @@ pub enum BuildError {
         source: std::io::Error,
     },
     #[error("--kernel {}: {source}", path.display())]
-    KernelLoad {
-        path: PathBuf,
-        source: linux_loader::loader::Error,
-    },
-    #[error("--kernel {}: no PVH entry point (ELF note XEN_ELFNOTE_PHYS32_ENTRY); build the kernel with CONFIG_PVH=y", .0.display())]
-    NoPvhEntry(PathBuf),
+    KernelLoad { path: PathBuf, source: KernelError },
     #[error("--initrd {}: {source}", path.display())]
     InitrdOpen {
         path: PathBuf,
@@ -58,11 +56,8 @@ pub enum BuildError {
         size: u64,
         kernel_end: u64,
     },
-    #[error("--initrd {}: cannot copy it into guest memory: {source}", path.display())]
-    InitrdLoad {
-        path: PathBuf,
-        source: vm_memory::GuestMemoryError,
-    },
+    #[error("--initrd {}: cannot put it into guest memory: {source}", path.display())]
+    InitrdLoad { path: PathBuf, source: FileMapError },
     #[error("--cmdline: {0}")]
     Cmdline(linux_loader::cmdline::Error),
     #[error("--cmdline: cannot append {entry:?}: {source}")]
@@ -173,26 +168,26 @@ pub fn create_vm_and_memory(mib: u64) -> Result<(Vm, GuestMemoryMmap), BuildErro
     Ok((vm, mem))
 }
 
-/// Step 3: the ELF vmlinux at its physical addresses; returns its PVH entry point.
+/// Step 3: the ELF vmlinux at its physical addresses, mapped from the file where it can be
+/// (arch::kernel); returns its PVH entry point.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelEntry, BuildError> {
-    let mut file = File::open(path).map_err(|source| BuildError::KernelOpen {
+    let file = File::open(path).map_err(|source| BuildError::KernelOpen {
         path: path.to_path_buf(),
         source,
     })?;
-    let loaded =
-        Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
-            BuildError::KernelLoad {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-    match loaded.pvh_boot_cap {
-        PvhBootCapability::PvhEntryPresent(entry) => Ok(KernelEntry {
-            entry,
-            end: loaded.kernel_end,
-        }),
-        _ => Err(BuildError::NoPvhEntry(path.to_path_buf())),
-    }
+    let loaded = load_pvh_elf(mem, &file).map_err(|source| BuildError::KernelLoad {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    tracing::debug!(
+        "kernel: {} bytes mapped from the file, {} copied",
+        loaded.mapped,
+        loaded.copied
+    );
+    Ok(KernelEntry {
+        entry: loaded.entry,
+        end: loaded.end,
+    })
 }
 
 /// Step 3b: the initrd, page-aligned at the top of RAM below the MMIO gap.
@@ -205,7 +200,7 @@ pub fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(open_err)?;
+    let file = File::open(path).map_err(open_err)?;
     let size = file.metadata().map_err(open_err)?.len();
     let low_end = mem
         .iter()
@@ -222,11 +217,12 @@ pub fn load_initrd(
             size,
             kernel_end,
         })?;
-    mem.read_exact_volatile_from(GuestAddress(address), &mut file, size as usize)
-        .map_err(|source| BuildError::InitrdLoad {
+    map_or_copy_file(mem, GuestAddress(address), &file, 0, size).map_err(|source| {
+        BuildError::InitrdLoad {
             path: path.to_path_buf(),
             source,
-        })?;
+        }
+    })?;
     Ok(InitrdRegion {
         address: GuestAddress(address),
         size,
@@ -507,6 +503,7 @@ impl Vmm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::Bytes;
 
     #[test]
     fn cmdline_gets_device_entries_appended() {
@@ -535,8 +532,13 @@ mod tests {
         let r = load_initrd(&mem, &path, 0x20_0000).unwrap();
         assert_eq!(r.address.raw_value(), ((16 << 20) - 5000) & !0xfff);
         assert_eq!(r.size, 5000);
-        let b: u8 = mem.read_obj(r.address.unchecked_add(4999)).unwrap();
-        assert_eq!(b, 0xab);
+        // The first page is mapped from the file, the rest copied.
+        for at in [0, 4095, 4096, 4999] {
+            let b: u8 = mem.read_obj(r.address.unchecked_add(at)).unwrap();
+            assert_eq!(b, 0xab, "byte {at}");
+        }
+        let past: u8 = mem.read_obj(r.address.unchecked_add(5000)).unwrap();
+        assert_eq!(past, 0);
         let e = load_initrd(&mem, &path, 16 << 20).unwrap_err().to_string();
         assert!(e.contains("raise --memory"), "{e}");
     }

@@ -2,6 +2,7 @@
 //! CPUID, MSR, FPU, LAPIC and register state of each vCPU.
 pub mod cpuid;
 pub mod interrupts;
+pub mod kernel;
 pub mod layout;
 pub mod mptable;
 pub mod msr;

@@ -1,6 +1,8 @@
 //! Handing guest pages back to the host: a guest physical range the guest declared free is
 //! checked against guest memory, then its host mapping is dropped with madvise(MADV_DONTNEED).
-//! The next guest access to those pages faults in fresh zero pages.
+//! The next guest access to those pages faults in fresh zero pages, or, where the kernel or
+//! initrd file is mapped into guest memory (vstate::memory::map_or_copy_file), the file's
+//! page again: either is fine for pages the guest declared free.
 
 use vm_memory::{
     Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
@@ -61,9 +63,10 @@ pub fn release_range(
         .get_host_address(offset)
         .map_err(|_| ReleaseError::OutOfRange { addr: a, len })?;
     let host_len = usize::try_from(len).map_err(|_| ReleaseError::Overflow { addr: a, len })?;
-    // SAFETY: `host`..`host + len` lies inside the anonymous private mapping of one guest
-    // memory region (checked above), which `mem` keeps mapped for this call. MADV_DONTNEED
-    // only replaces the content with zero pages on the next access; the VMM holds no Rust
+    // SAFETY: `host`..`host + len` lies inside the private mapping of one guest memory
+    // region (checked above), which `mem` keeps mapped for this call. MADV_DONTNEED only
+    // replaces the content with zero pages (or the mapped file's pages) on the next access;
+    // the VMM holds no Rust
     // references into guest memory (it goes through volatile accesses), and the guest
     // declared these pages free, so neither side loses data it still needs.
     let r = unsafe { libc::madvise(host.cast::<libc::c_void>(), host_len, libc::MADV_DONTNEED) };
