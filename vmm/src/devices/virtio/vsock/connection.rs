@@ -176,8 +176,10 @@ impl Connection {
         }
     }
 
-    /// The next packet for the guest, with at most `max_data` bytes of payload.
+    /// The next packet for the guest, with at most `max_data` bytes of payload (at least 1:
+    /// a zero-length read of the host socket returns 0, which would be taken for EOF).
     pub fn recv_pkt(&mut self, max_data: usize) -> Option<Packet> {
+        debug_assert!(max_data > 0, "an RX buffer without room for a payload");
         if self.state == ConnState::Killed {
             return Some(self.control(op::RST));
         }

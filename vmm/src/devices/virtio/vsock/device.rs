@@ -115,7 +115,7 @@ impl Vsock {
                 }
             };
             let Some(capacity) = Packet::rx_capacity(&writer) else {
-                warn!("vsock: RX buffer too small for a header");
+                warn!("vsock: RX buffer has no room for a payload after the header");
                 queue
                     .add_used(mem, head, 0)
                     .map_err(|source| VsockError::Queue { index: RXQ, source })?;
@@ -253,15 +253,27 @@ mod tests {
 
     impl<'a> Fixture<'a> {
         fn new(mem: &'a GuestMemoryMmap, dir: &tempfile::TempDir) -> Self {
+            // Eight RX buffers of 4 KiB, each its own chain.
+            Self::with_rx_buffers(mem, dir, &[0x1000; 8])
+        }
+
+        /// RX buffer `i` is `rx_lens[i]` bytes at `RX_BUFS + i * 0x1000`, each its own chain.
+        fn with_rx_buffers(
+            mem: &'a GuestMemoryMmap,
+            dir: &tempfile::TempDir,
+            rx_lens: &[u32],
+        ) -> Self {
             // The mock sizes its avail ring at one byte per entry, so only the first half
             // of the entries may be posted before it runs into the used ring: 32 entries
             // leave room for the 16 RX buffers the tests post.
             let rxq = MockSplitQueue::create(mem, GuestAddress(0), 32);
             let txq = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 16);
             let evq = MockSplitQueue::create(mem, GuestAddress(0x2_0000), 16);
-            // Eight RX buffers of 4 KiB, each its own chain.
-            let rx: Vec<RawDescriptor> = (0..8)
-                .map(|i| RawDescriptor::from(Descriptor::new(RX_BUFS + i * 0x1000, 0x1000, W, 0)))
+            let rx: Vec<RawDescriptor> = (0u64..)
+                .zip(rx_lens)
+                .map(|(i, &len)| {
+                    RawDescriptor::from(Descriptor::new(RX_BUFS + i * 0x1000, len, W, 0))
+                })
                 .collect();
             rxq.add_desc_chains(&rx, 0).unwrap();
             let dev = Arc::new(Mutex::new(
@@ -410,6 +422,42 @@ mod tests {
         f.guest_send(h, b"abc");
         assert_eq!(f.txq.used().idx().load(), 1, "chain returned to the guest");
         assert_eq!(f.rxq.used().idx().load(), 0, "no reply to garbage");
+    }
+
+    #[test]
+    fn an_rx_buffer_without_room_for_a_payload_does_not_end_the_host_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = guest_memory();
+        // The second buffer holds a header and nothing more.
+        let lens = [0x1000, HDR_LEN as u32, 0x1000, 0x1000];
+        let mut f = Fixture::with_rx_buffers(&mem, &dir, &lens);
+        let mut host = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        host.write_all(b"CONNECT 1024\n").unwrap();
+        f.run_until_rx(1);
+        let hp = f.rx_packet(0).0.src_port;
+        f.guest_send(guest_hdr(op::RESPONSE, 1024, hp, 0), &[]);
+
+        // Filling that buffer meant a zero-length read of the host socket, whose 0 was taken
+        // for EOF: the guest got SHUTDOWN and never the data.
+        host.write_all(b"hello").unwrap();
+        f.run_until_rx(2);
+        let unused = f.rxq.used().ring().ref_at(1).unwrap().load();
+        if unused.len() != 0 {
+            let (hdr, _) = f.rx_packet(1);
+            panic!(
+                "the header-only buffer carried op {} (flags {})",
+                hdr.op, hdr.flags
+            );
+        }
+        assert_eq!(unused.id(), 1);
+        f.run_until_rx(3);
+        let (hdr, data) = f.rx_packet(2);
+        assert_eq!((hdr.op, data.as_slice()), (op::RW, &b"hello"[..]));
+        let conn = f.dev.lock().unwrap().muxer.conn_state(hp, 1024);
+        assert_eq!(
+            conn,
+            Some(crate::devices::virtio::vsock::ConnState::Established)
+        );
     }
 
     #[test]

@@ -135,9 +135,14 @@ impl Packet {
         Ok(Self { hdr, data })
     }
 
-    /// How many bytes of payload fit in an RX chain (`None`: not even the header fits).
+    /// How many bytes of payload fit in an RX chain; `None` when it has no room for a
+    /// payload byte after the header. Such a chain is not used: the payload size we read from
+    /// a host socket is the room left, and a zero-length read returns 0, which means EOF.
     pub fn rx_capacity(writer: &Writer<'_, ()>) -> Option<usize> {
-        writer.available_bytes().checked_sub(HDR_LEN)
+        writer
+            .available_bytes()
+            .checked_sub(HDR_LEN)
+            .filter(|&room| room > 0)
     }
 
     /// Writes the packet into an RX chain; returns the bytes written.
@@ -280,6 +285,13 @@ mod tests {
             sample()
         );
         assert_eq!(&raw[44..], b"hello");
+
+        // Room for the header only: no payload would fit, so the chain is not used.
+        let chain = q
+            .build_desc_chain(&[d(0x10_0000, HDR_LEN as u32, 2)])
+            .unwrap();
+        let w: Writer<'_, ()> = Writer::new(&mem, chain).unwrap();
+        assert_eq!(Packet::rx_capacity(&w), None);
 
         let chain = q.build_desc_chain(&[d(0x10_0000, 40, 2)]).unwrap();
         let mut w: Writer<'_, ()> = Writer::new(&mem, chain).unwrap();
