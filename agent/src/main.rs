@@ -43,12 +43,11 @@ fn main() {
         std::process::exit(runtime_helper::main(&args[1..]));
     }
     if init::is_pid1() && switch_root::needed() {
-        // Returns only if switching failed; containers then cannot pivot_root.
-        let e = switch_root::switch_and_reexec(&args);
-        eprintln!("sandbox-agent: {e}; staying on the initramfs");
+        if let Err(e) = switch_root::switch() {
+            // Containers then cannot pivot_root.
+            eprintln!("sandbox-agent: {e}; staying on the initramfs");
+        }
     }
-    // Not for the processes the agent starts.
-    std::env::remove_var(switch_root::SWITCHED_ENV);
     if let Err(e) = run(&args) {
         log::error!("{e:#}");
         eprintln!("sandbox-agent: {e:#}");

@@ -1,11 +1,14 @@
-//! Moves PID 1 off the initramfs onto a tmpfs copy of it, then re-executes the agent there.
-//! Containers need this: pivot_root(2) refuses to move away from the kernel's initial rootfs.
+//! Moves PID 1 off the initramfs onto a tmpfs root. Containers need this: pivot_root(2)
+//! refuses to move away from the kernel's initial rootfs.
 //!
-//! Like busybox `switch_root`: mount a tmpfs, copy the initramfs tree into it, delete the
-//! originals to give their memory back, move the tmpfs onto `/`, chroot and exec `/init` again
-//! with [`SWITCHED_ENV`] set so the second run knows it is done.
+//! Unlike busybox `switch_root` it neither copies the agent nor executes it again: it mounts a
+//! tmpfs, copies the initramfs tree into it except the running agent binary (directories,
+//! device nodes, symlinks and any other file), moves the tmpfs onto `/` and chroots there.
+//! The agent keeps running from its initramfs inode, which stays in memory, hidden under the
+//! new root; it starts itself again as `/proc/self/exe` (runtime_helper.rs), which does not
+//! need a path to the file. That saves copying and loading the binary a second time at every
+//! boot, and the memory of the initramfs files is the same either way.
 
-use std::ffi::CString;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -14,8 +17,6 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use thiserror::Error;
 
-/// Set in the environment of the re-executed agent.
-pub const SWITCHED_ENV: &str = "SANDBOX_AGENT_SWITCHED_ROOT";
 /// Where the new root is assembled, on the old one.
 const NEW_ROOT: &str = "/.newroot";
 /// statfs magic numbers of the kernel's initial rootfs (ramfs, or tmpfs when built in).
@@ -43,9 +44,6 @@ fn sys(step: &'static str) -> impl FnOnce(nix::Error) -> Error {
 
 /// Whether PID 1 still runs from the initramfs and should switch.
 pub fn needed() -> bool {
-    if std::env::var_os(SWITCHED_ENV).is_some() {
-        return false;
-    }
     match nix::sys::statfs::statfs("/") {
         Ok(fs) => {
             let magic = fs.filesystem_type().0;
@@ -55,15 +53,8 @@ pub fn needed() -> bool {
     }
 }
 
-/// Switches and re-executes `/init` with `args`; returns only on failure.
-pub fn switch_and_reexec(args: &[String]) -> Error {
-    match switch() {
-        Ok(()) => reexec(args),
-        Err(e) => e,
-    }
-}
-
-fn switch() -> Result<(), Error> {
+/// Switches the root to a tmpfs holding the initramfs tree but the agent binary.
+pub fn switch() -> Result<(), Error> {
     let new_root = Path::new(NEW_ROOT);
     fs::create_dir_all(new_root).map_err(|source| Error::Copy {
         path: NEW_ROOT.into(),
@@ -77,20 +68,19 @@ fn switch() -> Result<(), Error> {
         Some("mode=0755"),
     )
     .map_err(sys("mount tmpfs on /.newroot"))?;
+    // The kernel starts init with its path as argv[0] (/proc is not mounted yet).
+    let exe = std::env::args_os().next().unwrap_or_default();
+    let exe = fs::metadata(&exe).map_err(|source| Error::Copy {
+        path: exe.to_string_lossy().into_owned(),
+        source,
+    })?;
+    let skip = (exe.dev(), exe.ino());
     for entry in read_dir(Path::new("/"))? {
         let path = entry.path();
         if path == new_root {
             continue;
         }
-        copy_tree(&path, &new_root.join(entry.file_name()))?;
-    }
-    // Give the initramfs's memory back; what is still in use (our own binary) stays alive
-    // until the exec below.
-    for entry in read_dir(Path::new("/"))? {
-        let path = entry.path();
-        if path != new_root {
-            let _ = remove_tree(&path);
-        }
+        copy_tree(&path, &new_root.join(entry.file_name()), skip)?;
     }
     nix::unistd::chdir(new_root).map_err(sys("chdir /.newroot"))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
@@ -98,23 +88,6 @@ fn switch() -> Result<(), Error> {
     nix::unistd::chroot(".").map_err(sys("chroot"))?;
     nix::unistd::chdir("/").map_err(sys("chdir /"))?;
     Ok(())
-}
-
-fn reexec(args: &[String]) -> Error {
-    let to_c = |s: &str| CString::new(s).unwrap_or_default();
-    let mut argv = vec![to_c("/init")];
-    argv.extend(args.iter().map(|a| to_c(a)));
-    let mut env: Vec<CString> = std::env::vars()
-        .map(|(k, v)| to_c(&format!("{k}={v}")))
-        .collect();
-    env.push(to_c(&format!("{SWITCHED_ENV}=1")));
-    match nix::unistd::execve(&to_c("/init"), &argv, &env) {
-        Err(source) => Error::Sys {
-            step: "exec /init",
-            source,
-        },
-        Ok(never) => match never {},
-    }
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
@@ -128,8 +101,9 @@ fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
         .map_err(copy_err)
 }
 
-/// Copies files, directories, symlinks and device nodes, keeping modes and owners.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), Error> {
+/// Copies files, directories, symlinks and device nodes, keeping modes and owners; leaves
+/// out the file whose (device, inode) is `skip`.
+fn copy_tree(from: &Path, to: &Path, skip: (u64, u64)) -> Result<(), Error> {
     let copy_err = |source| Error::Copy {
         path: from.display().to_string(),
         source,
@@ -139,7 +113,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), Error> {
     if kind.is_dir() {
         fs::create_dir_all(to).map_err(copy_err)?;
         for entry in read_dir(from)? {
-            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()), skip)?;
         }
     } else if kind.is_symlink() {
         let target = fs::read_link(from).map_err(copy_err)?;
@@ -156,6 +130,9 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), Error> {
         mknod(to, sflag, Mode::from_bits_truncate(meta.mode()), dev)
             .map_err(|e| copy_err(e.into()))?;
     } else if kind.is_file() {
+        if (meta.dev(), meta.ino()) == skip {
+            return Ok(());
+        }
         fs::copy(from, to).map_err(copy_err)?;
     } else {
         // FIFOs and sockets have no place in an initramfs image.
@@ -164,21 +141,4 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), Error> {
     fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(copy_err)?;
     let _ = std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()));
     Ok(())
-}
-
-/// Deletes a tree without crossing into other mounts.
-fn remove_tree(path: &Path) -> std::io::Result<()> {
-    let meta = fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        let root_dev = fs::symlink_metadata("/")?.dev();
-        if meta.dev() != root_dev {
-            return Ok(());
-        }
-        for entry in fs::read_dir(path)? {
-            remove_tree(&entry?.path())?;
-        }
-        fs::remove_dir(path)
-    } else {
-        fs::remove_file(path)
-    }
 }
