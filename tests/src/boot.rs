@@ -18,8 +18,8 @@ pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nom
 /// The same for QEMU microvm, which has no i8042 to reset through: a triple fault resets
 /// it, and `-no-reboot` turns the reset into QEMU's exit.
 pub const QEMU_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet sandbox.exit_after_ready";
-/// Guest memory of the timed boot.
-pub const MEMORY_MIB: u32 = 256;
+/// Guest memory of the timed boot: the controller's default (shim::controller::config::DEFAULT_MEMORY_MIB).
+pub const MEMORY_MIB: u32 = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

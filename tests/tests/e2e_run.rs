@@ -261,6 +261,35 @@ fn container_sees_the_guest_kernel_and_nothing_of_the_host() {
 
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn guest_ram_is_the_default_plus_the_container_memory_limit() {
+    let env = Env::new("memsize");
+    let mem_total_mib = |limit: Option<u64>| {
+        let b = bundle("e2e-memsize", "grep MemTotal /proc/meminfo");
+        if let Some(bytes) = limit {
+            b.edit(|c| c["linux"]["resources"]["memory"] = json!({ "limit": bytes }));
+        }
+        let out = env.sandbox(&["run", "--bundle", path_str(b.path()), "memsize"]);
+        assert!(out.status.success(), "{}", show(&out));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let kib: u64 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib / 1024
+    };
+    // MemTotal is guest RAM less what the kernel reserved for itself (about 12 MiB).
+    let default = mem_total_mib(None);
+    assert!(
+        (96..128).contains(&default),
+        "default guest: MemTotal {default} MiB"
+    );
+    let limited = mem_total_mib(Some(200 << 20));
+    assert!(
+        (default + 195..default + 205).contains(&limited),
+        "200 MiB limit: MemTotal {limited} MiB (default {default})"
+    );
+    env.assert_clean();
+}
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn stdin_reaches_the_container_and_ends_with_eof() {
     let env = Env::new("stdin");
     let b = bundle("e2e-stdin", "cat; echo end");

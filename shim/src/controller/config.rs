@@ -11,11 +11,35 @@ pub const DEFAULT_IMAGE_CACHE: &str = "/var/lib/sandbox/images";
 /// Default guest kernel and initramfs.
 pub const DEFAULT_KERNEL: &str = "/usr/share/sandbox/vmlinux";
 pub const DEFAULT_INITRD: &str = "/usr/share/sandbox/initramfs.cpio";
-/// Default guest size.
+/// Default guest size: the base memory of every sandbox VM (kernel, agent and a small
+/// container fit in 128 MiB, as in Firecracker's default); [`guest_memory_mib`] adds what the
+/// container asks for.
 pub const DEFAULT_VCPUS: u32 = 1;
-pub const DEFAULT_MEMORY_MIB: u32 = 256;
+pub const DEFAULT_MEMORY_MIB: u32 = 128;
+/// What a pod VM gets beyond the base, for the app containers that join it later (their
+/// limits are not known when the pod VM boots, and guest memory cannot grow yet).
+pub const POD_EXTRA_MEMORY_MIB: u32 = 128;
 /// How long the guest may take to reach agent-ready (an emulated lab CPU is slow).
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Guest RAM of a sandbox VM, in MiB: `base` plus the container's memory limit
+/// (`linux.resources.memory.limit` of its config.json, rounded up to MiB), the way Kata sizes
+/// a sandbox statically, so the container can use its whole limit beside the guest kernel and
+/// agent; plus [`POD_EXTRA_MEMORY_MIB`] for a pod VM. Capped at the host's RAM.
+pub fn guest_memory_mib(base: u32, spec: &serde_json::Value, pod: bool) -> u32 {
+    let limit_mib = spec["linux"]["resources"]["memory"]["limit"]
+        .as_i64()
+        .and_then(|l| u64::try_from(l).ok())
+        .map_or(0, |bytes| bytes.div_ceil(1 << 20));
+    let pod_mib = if pod { POD_EXTRA_MEMORY_MIB } else { 0 };
+    let host_mib = nix::sys::sysinfo::sysinfo()
+        .map(|i| i.ram_total() >> 20)
+        .unwrap_or(u64::MAX);
+    let want = u64::from(base) + u64::from(pod_mib) + limit_mib;
+    want.min(host_mib.max(u64::from(base)))
+        .try_into()
+        .unwrap_or(u32::MAX)
+}
 
 /// Errors finding the pieces.
 #[derive(Debug, thiserror::Error)]
@@ -159,5 +183,25 @@ mod tests {
             msg.contains("SANDBOX_KERNEL") && msg.contains("/nonexistent/vmlinux"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn guest_memory_is_the_base_plus_the_container_limit() {
+        let spec = |limit: serde_json::Value| serde_json::json!({"linux": {"resources": {"memory": {"limit": limit}}}});
+        assert_eq!(guest_memory_mib(128, &serde_json::json!({}), false), 128);
+        assert_eq!(guest_memory_mib(128, &spec((64 << 20).into()), false), 192);
+        assert_eq!(guest_memory_mib(128, &spec((24 << 20).into()), true), 280);
+        assert_eq!(
+            guest_memory_mib(128, &spec(((1 << 20) + 1).into()), false),
+            130
+        );
+        assert_eq!(
+            guest_memory_mib(128, &spec((-1).into()), false),
+            128,
+            "unlimited"
+        );
+        let host_mib = nix::sys::sysinfo::sysinfo().unwrap().ram_total() >> 20;
+        let huge = guest_memory_mib(128, &spec(i64::MAX.into()), false);
+        assert_eq!(u64::from(huge), host_mib, "capped at the host's RAM");
     }
 }

@@ -11,7 +11,7 @@ use protocol::agent::{ContainerStatus, ProcessInfo};
 
 use crate::agent_client::{AgentClient, Endpoint, RootfsDevice, StdioSet};
 
-use super::config::Config;
+use super::config::{self, Config};
 use super::console;
 use super::container::ContainerHandle;
 use super::image::{Cache, Image};
@@ -154,8 +154,10 @@ impl Sandbox {
             self.root.save(&record)?;
             phases.mark("image");
             let disks = pod_slots(&dir, slots)?;
+            let memory_mib = config::guest_memory_mib(self.cfg.memory_mib, &spec.value, slots > 0);
             let v = vmm.insert(Vmm::spawn_with_disks(
                 &self.cfg,
+                memory_mib,
                 &paths,
                 &record.image,
                 &disks,

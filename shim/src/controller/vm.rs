@@ -109,12 +109,14 @@ impl VmPaths {
 impl Vmm {
     /// Starts `sandbox-vmm` in its own process group (terminal signals stay with us).
     pub fn spawn(cfg: &Config, paths: &VmPaths, image: &Path) -> Result<Vmm, Error> {
-        Vmm::spawn_with_disks(cfg, paths, image, &[])
+        Vmm::spawn_with_disks(cfg, cfg.memory_mib, paths, image, &[])
     }
 
-    /// `spawn` with more read-only disks after the image (vdb, vdc, ... in the guest).
+    /// `spawn` with `memory_mib` of guest RAM and more read-only disks after the image (vdb,
+    /// vdc, ... in the guest).
     pub fn spawn_with_disks(
         cfg: &Config,
+        memory_mib: u32,
         paths: &VmPaths,
         image: &Path,
         disks: &[PathBuf],
@@ -130,7 +132,7 @@ impl Vmm {
             .arg("--initrd")
             .arg(&cfg.initrd)
             .args(["--vcpus", &cfg.vcpus.to_string()])
-            .args(["--memory", &cfg.memory_mib.to_string()])
+            .args(["--memory", &memory_mib.to_string()])
             .arg("--serial")
             .arg(&paths.console_log)
             .arg("--api-sock")
