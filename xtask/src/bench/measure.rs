@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -131,19 +132,28 @@ pub fn run(cmd: &mut Command) -> Result<Exit, Error> {
 pub struct Memory {
     /// Proportional set size of the whole process (guest RAM included), KiB.
     pub pss_kib: u64,
-    /// Resident part of the largest mapping (the guest RAM), KiB.
+    /// Resident guest RAM, KiB: see [`guest_rss_kib`].
     pub guest_rss_kib: u64,
 }
 
 impl Memory {
     pub fn of(pid: u32) -> Result<Memory, Error> {
+        Memory::of_vm(pid, &[])
+    }
+
+    /// [`Memory::of`] a VMM that may map `guest_files` (kernel, initrd) into guest RAM.
+    pub fn of_vm(pid: u32, guest_files: &[&Path]) -> Result<Memory, Error> {
         let rollup = format!("/proc/{pid}/smaps_rollup");
         let pss_kib = field_kib(&read(&rollup)?, "Pss:").ok_or(Error::Field {
             path: rollup,
             field: "Pss:",
         })?;
         let smaps = format!("/proc/{pid}/smaps");
-        let guest_rss_kib = largest_mapping_rss_kib(&read(&smaps)?);
+        let files: Vec<PathBuf> = guest_files
+            .iter()
+            .map(|f| f.canonicalize().unwrap_or_else(|_| f.to_path_buf()))
+            .collect();
+        let guest_rss_kib = guest_rss_kib(&read(&smaps)?, &files);
         Ok(Memory {
             pss_kib,
             guest_rss_kib,
@@ -174,21 +184,38 @@ fn field_kib(text: &str, name: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// Rss of the mapping with the largest Size in a /proc/PID/smaps text: the guest RAM of a VMM.
-fn largest_mapping_rss_kib(smaps: &str) -> u64 {
-    let mut best = (0u64, 0u64);
-    let mut size = 0u64;
+/// Resident guest RAM in a /proc/PID/smaps text: the Rss of every private writable mapping
+/// that is anonymous and at least [`GUEST_PIECE_KIB`] large (guest RAM, which files mapped
+/// into it split into pieces; a VMM's thread stacks match too, with a few KiB resident) or maps
+/// one of `guest_files` (the kernel and initrd our VMM maps into guest RAM).
+fn guest_rss_kib(smaps: &str, guest_files: &[PathBuf]) -> u64 {
+    // (counted, Size, Rss) of each mapping.
+    let mut maps: Vec<(bool, u64, u64)> = Vec::new();
     for line in smaps.lines() {
-        if let Some(v) = field_kib(line, "Size:") {
-            size = v;
-        } else if let Some(rss) = field_kib(line, "Rss:") {
-            if size > best.0 {
-                best = (size, rss);
-            }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let is_header = words.len() >= 5
+            && words[0].contains('-')
+            && words[0].chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+        if is_header {
+            let counted = words[1] == "rw-p"
+                && match words.get(5) {
+                    None => true,
+                    Some(p) => guest_files.iter().any(|f| Path::new(p) == f),
+                };
+            // Anonymous pieces count when large, file pieces whatever their size.
+            let min = if words.len() > 5 { 0 } else { GUEST_PIECE_KIB };
+            maps.push((counted, min, 0));
+        } else if let (Some(m), Some(v)) = (maps.last_mut(), field_kib(line, "Size:")) {
+            m.0 &= v >= m.1;
+        } else if let (Some(m), Some(v)) = (maps.last_mut(), field_kib(line, "Rss:")) {
+            m.2 = v;
         }
     }
-    best.1
+    maps.iter().filter(|m| m.0).map(|m| m.2).sum()
 }
+
+/// Smallest anonymous mapping counted as guest RAM.
+const GUEST_PIECE_KIB: u64 = 2048;
 
 #[cfg(test)]
 mod tests {
@@ -222,21 +249,40 @@ mod tests {
     }
 
     #[test]
-    fn largest_mapping_wins() {
+    fn guest_ram_is_large_anonymous_mappings_and_the_guest_files() {
         let smaps = "\
 00400000-00401000 r-xp 00000000 08:01 1 /bin/vmm
 Size:                  4 kB
 Rss:                   4 kB
 Pss:                   4 kB
-7f0000000000-7f0010000000 rw-p 00000000 00:00 0
-Size:             262144 kB
+00600000-00601000 rw-p 00000000 08:01 1 /bin/vmm
+Size:                  4 kB
+Rss:                   4 kB
+7f0000000000-7f0001000000 rw-p 00000000 00:00 0
+Size:              16384 kB
+Rss:                4096 kB
+7f0001000000-7f0001800000 rw-p 00000000 08:01 2 /g/vmlinux
+Size:               8192 kB
+Rss:                6000 kB
+7f0001800000-7f0010000000 rw-p 00000000 00:00 0
+Size:             237568 kB
 Rss:               12288 kB
-Pss:               12288 kB
+7f0010000000-7f0010400000 rw-p 00000000 08:01 3 /g/initramfs.cpio
+Size:               4096 kB
+Rss:                1000 kB
 7f2000000000-7f2000100000 rw-p 00000000 00:00 0
 Size:               1024 kB
 Rss:                1024 kB
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
+Size:                132 kB
+Rss:                  16 kB
 ";
-        assert_eq!(largest_mapping_rss_kib(smaps), 12288);
+        let files = [
+            PathBuf::from("/g/vmlinux"),
+            PathBuf::from("/g/initramfs.cpio"),
+        ];
+        assert_eq!(guest_rss_kib(smaps, &files), 4096 + 6000 + 12288 + 1000);
+        assert_eq!(guest_rss_kib(smaps, &[]), 4096 + 12288);
         assert_eq!(field_kib("Pss:   1234 kB\nRss: 5 kB", "Pss:"), Some(1234));
         assert_eq!(field_kib("Rss: 5 kB", "Pss:"), None);
     }

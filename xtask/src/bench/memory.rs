@@ -34,7 +34,7 @@ pub enum Error {
 pub fn measure_once(config: &BootConfig, label: &str) -> Result<Memory, Error> {
     let mut vm = IdleVm::start(config, READY_TIMEOUT)?;
     thread::sleep(SETTLE);
-    let mem = Memory::of(vm.pid())?;
+    let mem = Memory::of_vm(vm.pid(), &[&config.vmlinux, &config.initramfs])?;
     if !vm.alive() {
         return Err(Error::Exited(label.into()));
     }
@@ -62,7 +62,7 @@ fn sandbox_once(sandbox: &Path, guest: &Guest, round: usize) -> Result<SandboxMe
         processes: 0,
     };
     for pid in pids().intersection(&started.pids.iter().copied().collect()) {
-        if let Ok(m) = Memory::of(*pid) {
+        if let Ok(m) = Memory::of_vm(*pid, &[&guest.vmlinux, &guest.initramfs]) {
             total.pss_kib += m.pss_kib;
             total.guest_kib = total.guest_kib.max(m.guest_rss_kib);
             total.processes += 1;
