@@ -454,9 +454,11 @@ impl Sandbox {
             let status = client.wait_process(id, "")?;
             attached.finish();
             drop(raw);
+            phases.mark("exit");
             Ok(status.code())
         })();
         vmm.stop(Some(&client), vm::SHUTDOWN_GRACE);
+        phases.mark("vm stop");
         self.forget(&record);
         result
     }
