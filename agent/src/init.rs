@@ -197,6 +197,26 @@ pub fn ready_line(uptime_ms: u64) -> String {
     format!("{READY_MARKER} uptime_ms={uptime_ms}")
 }
 
+/// Connects to the host's ready port and says so (protocol::READY_VSOCK_PORT), on a thread
+/// of its own: a host that does not listen resets the connection, which is fine.
+fn tell_the_host() {
+    let notify = || -> std::io::Result<()> {
+        let addr = vsock::VsockAddr::new(vsock::VMADDR_CID_HOST, protocol::READY_VSOCK_PORT);
+        let mut stream = vsock::VsockStream::connect(&addr)?;
+        stream.write_all(protocol::READY_LINE)
+    };
+    let spawned = std::thread::Builder::new()
+        .name("ready".into())
+        .spawn(move || {
+            if let Err(e) = notify() {
+                log::debug!("ready notification to the host: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the ready notification: {e}");
+    }
+}
+
 /// Whether a kernel command line asks the agent to power off once ready.
 pub fn wants_exit_after_ready(cmdline: &str) -> bool {
     cmdline
@@ -217,6 +237,7 @@ pub fn report_ready() -> Result<(), Error> {
     if !is_pid1() {
         return Ok(());
     }
+    tell_the_host();
     let cmdline = fs::read_to_string("/proc/cmdline").map_err(Error::ReadCmdline)?;
     if wants_exit_after_ready(&cmdline) {
         sync();

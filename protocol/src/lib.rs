@@ -36,3 +36,9 @@ pub mod stdio;
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// The vsock port the agent accepts stdio streams on.
 pub const STDIO_VSOCK_PORT: u32 = 1025;
+/// The host vsock port the agent connects to once it serves its API, to say it is ready (the
+/// host then needs no polling; with the VMM's hybrid vsock the host listens on
+/// `<vsock socket>_1026`). The agent writes [`READY_LINE`] and closes.
+pub const READY_VSOCK_PORT: u32 = 1026;
+/// What the agent writes on the ready connection.
+pub const READY_LINE: &[u8] = b"ready\n";

@@ -2,7 +2,9 @@
 //! read-only virtio-blk, hybrid vsock, serial to a log), waiting for the agent, and stopping.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,6 +27,10 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Lines of the serial log quoted when the VM fails.
 const LOG_TAIL_LINES: usize = 20;
+/// While waiting for the agent's ready connection: how often the VMM's liveness is checked,
+/// and how often the agent is asked directly (in case its notification was lost).
+const READY_POLL: Duration = Duration::from_millis(50);
+const DIRECT_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Errors starting, reaching or stopping the VM.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +89,8 @@ pub struct Vmm {
     pub start_time: u64,
     /// Present when this process spawned it (then we reap it).
     child: Option<Child>,
+    /// Where the agent says it is ready (protocol::READY_VSOCK_PORT), until it has.
+    ready: Option<UnixListener>,
 }
 
 /// Files of one VM inside its container directory.
@@ -93,6 +101,8 @@ pub struct VmPaths {
     pub api: PathBuf,
     pub console_log: PathBuf,
     pub vmm_log: PathBuf,
+    /// The host end of the agent's ready connection: `<vsock>_<READY_VSOCK_PORT>`.
+    pub ready: PathBuf,
 }
 
 impl VmPaths {
@@ -102,6 +112,7 @@ impl VmPaths {
             api: dir.join("api.sock"),
             console_log: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
+            ready: dir.join(format!("vsock.sock_{}", protocol::READY_VSOCK_PORT)),
         }
     }
 }
@@ -126,6 +137,14 @@ impl Vmm {
             path: paths.vmm_log.clone(),
             source,
         })?;
+        let ready_err = |source| Error::File {
+            what: "agent ready socket",
+            path: paths.ready.clone(),
+            source,
+        };
+        let _ = fs::remove_file(&paths.ready);
+        let ready = UnixListener::bind(&paths.ready).map_err(ready_err)?;
+        ready.set_nonblocking(true).map_err(ready_err)?;
         let mut cmd = Command::new(&cfg.vmm);
         cmd.arg("--kernel")
             .arg(&cfg.kernel)
@@ -163,6 +182,7 @@ impl Vmm {
             pid,
             start_time: start_time(pid).unwrap_or(0),
             child: Some(child),
+            ready: Some(ready),
         })
     }
 
@@ -172,6 +192,7 @@ impl Vmm {
             pid,
             start_time,
             child: None,
+            ready: None,
         }
     }
 
@@ -190,8 +211,10 @@ impl Vmm {
         }
     }
 
-    /// Connects to the agent, retrying while the guest boots; reports an early VMM exit or
-    /// the deadline with the end of the serial log.
+    /// Waits for the agent to say it is ready (it connects to the host's ready port, so the
+    /// host needs no polling that would cost the booting guest an interrupt per attempt), then
+    /// connects to it. Asks the agent directly now and then too, in case its notification was
+    /// lost. Reports an early VMM exit or the deadline with the end of the serial log.
     pub fn wait_for_agent(
         &mut self,
         paths: &VmPaths,
@@ -201,30 +224,47 @@ impl Vmm {
             socket: paths.vsock.clone(),
         };
         let begin = Instant::now();
-        loop {
-            let attempt =
-                AgentClient::wait_for_agent(&endpoint, Duration::from_millis(200), CALL_TIMEOUT);
-            match attempt {
-                Ok(client) => return Ok(client),
-                Err(_) if !self.alive() => {
-                    return Err(Error::EarlyExit {
-                        pid: self.pid,
-                        status: self.exit_status(),
-                        log_name: paths.console_log.display().to_string(),
-                        tail: tail_of(&paths.console_log, &paths.vmm_log),
-                    })
+        let mut next_direct = begin + DIRECT_CHECK_EVERY;
+        let ready = self.ready.take();
+        let result = loop {
+            let notified = ready.as_ref().is_some_and(|l| wait_ready(l, READY_POLL));
+            if notified || Instant::now() >= next_direct {
+                let wait = if notified {
+                    Duration::from_secs(2)
+                } else {
+                    Duration::ZERO
+                };
+                match AgentClient::wait_for_agent(&endpoint, wait, CALL_TIMEOUT) {
+                    Ok(client) => break Ok(client),
+                    Err(e) if begin.elapsed() >= timeout => {
+                        break Err(Error::AgentTimeout {
+                            waited: begin.elapsed(),
+                            source: Box::new(e),
+                            log_name: paths.console_log.display().to_string(),
+                            tail: tail_of(&paths.console_log, &paths.vmm_log),
+                        })
+                    }
+                    Err(_) => next_direct = Instant::now() + DIRECT_CHECK_EVERY,
                 }
-                Err(e) if begin.elapsed() >= timeout => {
-                    return Err(Error::AgentTimeout {
-                        waited: begin.elapsed(),
-                        source: Box::new(e),
-                        log_name: paths.console_log.display().to_string(),
-                        tail: tail_of(&paths.console_log, &paths.vmm_log),
-                    })
-                }
-                Err(_) => {}
             }
-        }
+            if ready.is_none() {
+                std::thread::sleep(READY_POLL);
+            }
+            if !self.alive() {
+                break Err(Error::EarlyExit {
+                    pid: self.pid,
+                    status: self.exit_status(),
+                    log_name: paths.console_log.display().to_string(),
+                    tail: tail_of(&paths.console_log, &paths.vmm_log),
+                });
+            }
+            if begin.elapsed() >= timeout {
+                next_direct = Instant::now();
+            }
+        };
+        drop(ready);
+        let _ = fs::remove_file(&paths.ready);
+        result
     }
 
     /// Asks the guest to power off (if a client is given), waits `grace`, then kills the VMM.
@@ -340,6 +380,25 @@ fn tail_of(console: &Path, vmm_log: &Path) -> String {
     }
 }
 
+/// Waits up to `timeout` for the agent's ready connection on `listener`; true once it came
+/// and said [`protocol::READY_LINE`].
+fn wait_ready(listener: &UnixListener, timeout: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    if !matches!(poll(&mut fds, ms), Ok(n) if n > 0) {
+        return false;
+    }
+    let Ok((mut conn, _)) = listener.accept() else {
+        return false;
+    };
+    let mut line = [0u8; 16];
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+    let n = conn.read(&mut line).unwrap_or(0);
+    line[..n].starts_with(protocol::READY_LINE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +453,7 @@ mod tests {
             pid: child.id() as i32,
             start_time: 0,
             child: Some(child),
+            ready: Some(UnixListener::bind(&paths.ready).unwrap()),
         };
         let Err(err) = vmm.wait_for_agent(&paths, Duration::from_secs(60)) else {
             panic!("a VMM that exited cannot have an agent");
@@ -401,5 +461,32 @@ mod tests {
         let msg = err.to_string();
         assert!(matches!(err, Error::EarlyExit { .. }), "{msg}");
         assert!(msg.contains("Kernel panic"), "{msg}");
+        assert!(!paths.ready.exists(), "the ready socket is left behind");
+    }
+
+    #[test]
+    fn the_agent_is_ready_once_it_connected_and_said_so() {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vsock.sock_1026");
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        assert!(
+            !wait_ready(&listener, Duration::from_millis(20)),
+            "nobody connected"
+        );
+
+        let mut agent = UnixStream::connect(&path).unwrap();
+        agent.write_all(protocol::READY_LINE).unwrap();
+        assert!(wait_ready(&listener, Duration::from_secs(5)));
+
+        let mut other = UnixStream::connect(&path).unwrap();
+        other.write_all(b"hello\n").unwrap();
+        drop(other);
+        assert!(
+            !wait_ready(&listener, Duration::from_secs(5)),
+            "not the ready line"
+        );
     }
 }
