@@ -21,11 +21,12 @@ use shim::agent_client::{AgentClient, Endpoint, ExitStatus, RootfsDevice, StdioS
 /// flow control and ordering are exercised; SANDBOX_E2E_BULK_BYTES overrides it. The issue's
 /// 100 MiB end to end (CLI, agent, vsock) is tests/tests/e2e_run.rs's large-output test. Long
 /// runs here meet the nested lab's own faults (SVM emulated by QEMU 7.2 TCG): now and then a
-/// guest triple fault (after 2, 98 or 139 MiB, once during boot with no vsock traffic at all),
-/// an L1 kernel panic in svm_vcpu_run, or an L1 hang. A KVM trace of one triple fault showed
-/// the emulated CPU taking an instruction-fetch #PF on mapped kernel text right after an MMIO
-/// read (virtio-mmio InterruptStatus), with no exception injected by KVM: the emulator's fault,
-/// not the vsock device's. So the lab runs a smaller amount.
+/// guest triple fault (after 2, 12, 98 or 139 MiB, once during boot with no vsock traffic at
+/// all), an L1 kernel panic in svm_vcpu_run, or an L1 hang. A KVM trace of one triple fault
+/// showed the emulated CPU taking an instruction-fetch #PF on mapped kernel text right after an
+/// MMIO read (virtio-mmio InterruptStatus), with no exception injected by KVM; the guest RAM
+/// after another held intact kernel page tables, IDT and code: the emulator's fault, not the
+/// vsock device's. So the lab runs a smaller amount.
 const BULK_BYTES: usize = 16 << 20;
 
 fn bulk_bytes() -> usize {
