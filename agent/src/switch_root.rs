@@ -3,11 +3,10 @@
 //!
 //! Unlike busybox `switch_root` it neither copies the agent nor executes it again: it mounts a
 //! tmpfs, copies the initramfs tree into it except the running agent binary (directories,
-//! device nodes, symlinks and any other file), moves the tmpfs onto `/` and chroots there.
-//! The agent keeps running from its initramfs inode, which stays in memory, hidden under the
-//! new root; it starts itself again as `/proc/self/exe` (runtime_helper.rs), which does not
-//! need a path to the file. That saves copying and loading the binary a second time at every
-//! boot, and the memory of the initramfs files is the same either way.
+//! device nodes, symlinks and any other file), which it bind-mounts in its place, moves the
+//! tmpfs onto `/` and chroots there. The agent keeps running from its initramfs inode, which
+//! stays in memory under the new root. That saves copying and loading the binary a second
+//! time at every boot, and the memory of the initramfs files is the same either way.
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -131,6 +130,10 @@ fn copy_tree(from: &Path, to: &Path, skip: (u64, u64)) -> Result<(), Error> {
             .map_err(|e| copy_err(e.into()))?;
     } else if kind.is_file() {
         if (meta.dev(), meta.ino()) == skip {
+            // The running binary stays where it is; the new root shows it by a bind mount.
+            fs::File::create(to).map_err(copy_err)?;
+            mount(Some(from), to, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(sys("bind the agent binary into /.newroot"))?;
             return Ok(());
         }
         fs::copy(from, to).map_err(copy_err)?;
