@@ -304,7 +304,7 @@ mod tests {
             .collect();
         let joined = args.join(" ");
         assert!(
-            joined.starts_with("-accel kvm -M microvm -cpu host -m 256M"),
+            joined.starts_with("-accel kvm -M microvm -cpu host -m 128M"),
             "{joined}"
         );
         assert!(joined.contains("-kernel /g/vmlinux -initrd /g/initramfs.cpio"));
@@ -326,7 +326,7 @@ mod tests {
             args.join(" "),
             format!(
                 "--kernel /g/vmlinux --initrd /g/initramfs.cpio --cmdline {CMDLINE} \
-                 --memory 256 --vcpus 1 --serial stdout"
+                 --memory 128 --vcpus 1 --serial stdout"
             )
         );
     }
