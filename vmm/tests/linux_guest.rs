@@ -368,20 +368,33 @@ echo BALLOON-FREED
 sleep 3600
 "#;
 
-/// Resident KiB of the largest mapping of `pid` (its guest RAM).
-fn guest_rss_kib(pid: u32) -> u64 {
+/// Resident guest RAM of a VMM: the Rss of its private writable mappings that are anonymous
+/// and at least 2 MiB (guest RAM, split into pieces by the files mapped into it) or map one of
+/// `files` (the kernel and initrd the VMM maps into guest RAM).
+fn guest_rss_kib(pid: u32, files: &[&Path]) -> u64 {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let (mut size, mut best) = (0u64, (0u64, 0u64));
+    let files: Vec<PathBuf> = files.iter().map(|f| f.canonicalize().unwrap()).collect();
+    let (mut counted, mut anon, mut total) = (false, false, 0u64);
     for line in smaps.lines() {
-        let mut words = line.split_whitespace();
-        let value = |w: Option<&str>| w.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        match words.next() {
-            Some("Size:") => size = value(words.next()),
-            Some("Rss:") if size > best.0 => best = (size, value(words.next())),
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let value = |i: usize| {
+            words
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        match words.first() {
+            Some(&"Size:") => counted &= !anon || value(1) >= 2048,
+            Some(&"Rss:") if counted => total += value(1),
+            Some(range) if range.contains('-') && words.len() >= 5 => {
+                anon = words.len() == 5;
+                counted =
+                    words[1] == "rw-p" && (anon || files.iter().any(|f| Path::new(words[5]) == f));
+            }
             _ => {}
         }
     }
-    best.1
+    total
 }
 
 /// Waits for `marker` on the console; panics with the console if the VMM exits first.
@@ -424,16 +437,18 @@ fn pages_the_guest_frees_are_released_on_the_host_through_free_page_reporting() 
     .spawn()
     .unwrap();
     wait_for(&mut child, &serial, "BALLOON-FILLED");
-    let filled = guest_rss_kib(child.id());
+    let kernel = guest_file("vmlinux");
+    let guest_files = [kernel.as_path(), initramfs.as_path()];
+    let filled = guest_rss_kib(child.id(), &guest_files);
     wait_for(&mut child, &serial, "BALLOON-FREED");
 
     // Linux reports free blocks 2 s after they were freed, in batches; give it time, then
     // require most of the 64 MiB back. Without the balloon the RSS would stay where it was.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    let mut now = guest_rss_kib(child.id());
+    let mut now = guest_rss_kib(child.id(), &guest_files);
     while now + 48 * 1024 > filled && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(500));
-        now = guest_rss_kib(child.id());
+        now = guest_rss_kib(child.id(), &guest_files);
     }
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
