@@ -107,12 +107,13 @@ pub struct VmPaths {
 
 impl VmPaths {
     pub fn new(dir: &Path) -> VmPaths {
+        let vsock = dir.join("vsock.sock");
         VmPaths {
-            vsock: dir.join("vsock.sock"),
+            vsock: vsock.clone(),
             api: dir.join("api.sock"),
             console_log: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
-            ready: dir.join(format!("vsock.sock_{}", protocol::READY_VSOCK_PORT)),
+            ready: hybrid_port_path(&vsock, protocol::READY_VSOCK_PORT),
         }
     }
 }
@@ -228,7 +229,8 @@ impl Vmm {
         let ready = self.ready.take();
         let result = loop {
             let notified = ready.as_ref().is_some_and(|l| wait_ready(l, READY_POLL));
-            if notified || Instant::now() >= next_direct {
+            let timed_out = begin.elapsed() >= timeout;
+            if notified || timed_out || Instant::now() >= next_direct {
                 let wait = if notified {
                     Duration::from_secs(2)
                 } else {
@@ -236,7 +238,7 @@ impl Vmm {
                 };
                 match AgentClient::wait_for_agent(&endpoint, wait, CALL_TIMEOUT) {
                     Ok(client) => break Ok(client),
-                    Err(e) if begin.elapsed() >= timeout => {
+                    Err(e) if timed_out || begin.elapsed() >= timeout => {
                         break Err(Error::AgentTimeout {
                             waited: begin.elapsed(),
                             source: Box::new(e),
@@ -257,9 +259,6 @@ impl Vmm {
                     log_name: paths.console_log.display().to_string(),
                     tail: tail_of(&paths.console_log, &paths.vmm_log),
                 });
-            }
-            if begin.elapsed() >= timeout {
-                next_direct = Instant::now();
             }
         };
         drop(ready);
@@ -378,6 +377,14 @@ fn tail_of(console: &Path, vmm_log: &Path) -> String {
     } else {
         out
     }
+}
+
+/// Where the VMM's hybrid vsock forwards a guest connection to host port `port`:
+/// `<socket>_<port>` (docs/CONVENTIONS.md).
+fn hybrid_port_path(socket: &Path, port: u32) -> PathBuf {
+    let mut path = socket.as_os_str().to_owned();
+    path.push(format!("_{port}"));
+    path.into()
 }
 
 /// Waits up to `timeout` for the agent's ready connection on `listener`; true once it came
