@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 /// The agent's readiness line on the console (see docs/CONVENTIONS.md).
 pub const READY_MARKER: &str = "SANDBOX-AGENT-READY uptime_ms=";
 /// Kernel command line of the timed boot: the agent powers off right after it is ready.
-pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet sandbox.exit_after_ready";
+pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page quiet sandbox.exit_after_ready";
 /// The same for QEMU microvm, which has no i8042 to reset through: a triple fault resets
 /// it, and `-no-reboot` turns the reset into QEMU's exit.
-pub const QEMU_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet sandbox.exit_after_ready";
+pub const QEMU_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page quiet sandbox.exit_after_ready";
 /// Guest memory of the timed boot: the controller's default (shim::controller::config::DEFAULT_MEMORY_MIB).
 pub const MEMORY_MIB: u32 = 128;
 

@@ -132,7 +132,7 @@ mod tests {
     fn idle_boot_drops_only_exit_after_ready() {
         assert_eq!(
             idle_cmdline(boot::CMDLINE),
-            "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet"
+            "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page quiet"
         );
         let cfg = BootConfig::new(Vmm::Qemu, "/g/vmlinux".into(), "/g/initramfs.cpio".into());
         let args: Vec<String> = command(&cfg)
