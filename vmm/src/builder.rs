@@ -11,7 +11,9 @@ use linux_loader::loader::load_cmdline;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::kernel::{load_pvh_elf, KernelError};
-use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, MMIO_GAP_START};
+use crate::arch::layout::{
+    pmem_start, CMDLINE_MAX_SIZE, CMDLINE_START, MMIO_GAP_START, PMEM_ALIGN,
+};
 use crate::arch::mptable::{self, MptableError};
 use crate::arch::pvh::{configure_pvh, InitrdRegion, PvhError};
 use crate::arch::regs::{self, RegsError};
@@ -21,6 +23,7 @@ use crate::device_manager::mmio::{MmioDeviceManager, MmioError};
 use crate::devices::legacy::SerialInput;
 use crate::devices::virtio::balloon::{self, Balloon, BalloonError};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::pmem::{BackingError, Pmem, PmemBacking, PmemError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::Bus;
 use crate::event_loop::{EventLoop, EventLoopError};
@@ -77,6 +80,12 @@ pub enum BuildError {
     Pvh(#[from] PvhError),
     #[error("--block {}: {source}", path.display())]
     Block { path: PathBuf, source: BlockError },
+    #[error("--pmem {}: {source}", path.display())]
+    PmemBacking { path: PathBuf, source: BackingError },
+    #[error("--pmem {}: {source}", path.display())]
+    Pmem { path: PathBuf, source: PmemError },
+    #[error("--pmem {}: {source}", path.display())]
+    PmemSlot { path: PathBuf, source: VmError },
     #[error("--vsock {}: {source}", path.display())]
     Vsock { path: PathBuf, source: VsockError },
     #[error("--balloon: {0}")]
@@ -287,12 +296,15 @@ pub fn create_vcpus(
         .collect()
 }
 
-/// The virtio devices on the MMIO bus, the command-line entries that declare them, and
-/// the block devices to flush before an API exit.
+/// The virtio devices on the MMIO bus, the command-line entries that declare them, the
+/// block devices to flush before an API exit, and the pmem mappings (kept until the VM is
+/// gone).
 #[derive(Default)]
 pub struct VirtioDevices {
     pub cmdline: Vec<String>,
     blocks: Vec<Arc<Mutex<Block>>>,
+    /// Held, never read: dropping one unmaps its region.
+    _pmem_backings: Vec<PmemBacking>,
 }
 
 impl VirtioDevices {
@@ -307,8 +319,11 @@ impl VirtioDevices {
     }
 }
 
-/// Step 4: virtio-mmio devices from the configuration: block devices in order, then vsock,
-/// then the balloon.
+/// KVM memory slots of pmem regions: after the (at most two) RAM slots.
+const PMEM_FIRST_SLOT: u32 = 8;
+
+/// Step 4: virtio-mmio devices from the configuration: block devices in order, then pmem
+/// devices in order, then vsock, then the balloon.
 pub fn attach_virtio_devices(
     config: &VmConfig,
     vm: &Vm,
@@ -338,6 +353,52 @@ pub fn attach_virtio_devices(
                 source,
             })?;
         blocks.push(block);
+    }
+    let mut pmem_backings = Vec::new();
+    let readonly_slots = vm.has_readonly_memory();
+    let mut next_start = pmem_start(config.memory_mib << 20);
+    for (index, p) in config.pmems.iter().enumerate() {
+        let path = || p.path.clone();
+        let backing = PmemBacking::open(&p.path, p.read_only, p.read_only && !readonly_slots)
+            .map_err(|source| BuildError::PmemBacking {
+                path: path(),
+                source,
+            })?;
+        let start = next_start.next_multiple_of(PMEM_ALIGN);
+        next_start = start + backing.region_len();
+        // SAFETY: the mapping is owned by `backing`, which `VirtioDevices` keeps until the
+        // VM is dropped (builder::Vmm::run drops the VM first).
+        unsafe {
+            vm.register_region(
+                PMEM_FIRST_SLOT + index as u32,
+                start,
+                backing.region_len(),
+                backing.host_addr(),
+                p.read_only && readonly_slots,
+            )
+        }
+        .map_err(|source| BuildError::PmemSlot {
+            path: path(),
+            source,
+        })?;
+        let pmem = Pmem::new(&backing, start).map_err(|source| BuildError::Pmem {
+            path: path(),
+            source,
+        })?;
+        manager
+            .register_virtio(
+                vm.fd(),
+                mem,
+                mmio_bus,
+                event_loop.manager_mut(),
+                Arc::new(Mutex::new(pmem)),
+            )
+            .map_err(|source| BuildError::MmioPlacement {
+                flag: "--pmem",
+                path: path(),
+                source,
+            })?;
+        pmem_backings.push(backing);
     }
     if let Some(v) = &config.vsock {
         let vsock =
@@ -378,6 +439,7 @@ pub fn attach_virtio_devices(
     Ok(VirtioDevices {
         cmdline: manager.cmdline_entries(),
         blocks,
+        _pmem_backings: pmem_backings,
     })
 }
 
@@ -495,6 +557,8 @@ impl Vmm {
         // Dropping the event loop drops the API server, which removes its socket file.
         drop(event_loop);
         drop(vm);
+        // The pmem mappings go only now that no memory slot refers to them.
+        drop(devices);
         drop(mem);
         Ok(result?)
     }

@@ -62,6 +62,10 @@ pub struct Cli {
     /// A virtio-blk device backed by a file: `PATH[,ro]` (repeatable).
     #[arg(long, value_name = "PATH[,ro]")]
     pub block: Vec<String>,
+    /// A virtio-pmem device backed by a file, mapped into guest memory: `PATH[,ro]`
+    /// (repeatable; the guest sees /dev/pmem0, ... and can mount it with DAX).
+    #[arg(long, value_name = "PATH[,ro]")]
+    pub pmem: Vec<String>,
     /// A virtio-vsock device: `CID,UDS_PATH`.
     #[arg(long, value_name = "CID,PATH")]
     pub vsock: Option<String>,
@@ -88,6 +92,8 @@ pub struct FileConfig {
     pub serial: Option<String>,
     #[serde(default)]
     pub block: Vec<FileBlock>,
+    #[serde(default)]
+    pub pmem: Vec<FileBlock>,
     pub vsock: Option<FileVsock>,
     pub api_sock: Option<PathBuf>,
     #[serde(default)]
@@ -96,7 +102,7 @@ pub struct FileConfig {
     pub debug: bool,
 }
 
-/// A `block` entry of the JSON file.
+/// A `block` or `pmem` entry of the JSON file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileBlock {
@@ -129,6 +135,9 @@ pub struct BlockConfig {
     pub read_only: bool,
 }
 
+/// A file-backed virtio-pmem device (same shape as a disk: a file, maybe read-only).
+pub type PmemConfig = BlockConfig;
+
 /// The virtio-vsock device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsockConfig {
@@ -146,6 +155,7 @@ pub struct VmConfig {
     pub memory_mib: u64,
     pub serial: SerialOutput,
     pub blocks: Vec<BlockConfig>,
+    pub pmems: Vec<PmemConfig>,
     pub vsock: Option<VsockConfig>,
     pub api_sock: Option<PathBuf>,
     /// A virtio-balloon device with free page reporting.
@@ -280,6 +290,30 @@ fn check_block(block: &BlockConfig, origin: Origin) -> Result<(), ConfigError> {
     check_file(&block.path, origin)
 }
 
+/// The `--block` or `--pmem` flags if any were given, else the file's entries.
+fn disks(
+    flags: Vec<String>,
+    entries: Vec<FileBlock>,
+    names: (&'static str, &'static str),
+) -> Result<Vec<BlockConfig>, ConfigError> {
+    if flags.is_empty() {
+        let origin = Origin::Field(names.1);
+        entries
+            .into_iter()
+            .map(|b| {
+                let block = BlockConfig {
+                    path: b.path,
+                    read_only: b.read_only,
+                };
+                check_block(&block, origin).map(|_| block)
+            })
+            .collect()
+    } else {
+        let origin = Origin::Flag(names.0);
+        flags.iter().map(|b| parse_block(b, origin)).collect()
+    }
+}
+
 /// Parses `CID,PATH`.
 fn parse_vsock(text: &str, origin: Origin) -> Result<VsockConfig, ConfigError> {
     let (cid, path) = text
@@ -392,25 +426,8 @@ impl VmConfig {
             None => SerialOutput::Stdout,
         };
 
-        let blocks = if cli.block.is_empty() {
-            let origin = Origin::Field("block");
-            file.block
-                .into_iter()
-                .map(|b| {
-                    let block = BlockConfig {
-                        path: b.path,
-                        read_only: b.read_only,
-                    };
-                    check_block(&block, origin).map(|_| block)
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        } else {
-            let origin = Origin::Flag("block");
-            cli.block
-                .iter()
-                .map(|b| parse_block(b, origin))
-                .collect::<Result<Vec<_>, _>>()?
-        };
+        let blocks = disks(cli.block, file.block, ("block", "block"))?;
+        let pmems = disks(cli.pmem, file.pmem, ("pmem", "pmem"))?;
 
         let vsock = match (cli.vsock, file.vsock) {
             (Some(text), _) => Some(parse_vsock(&text, Origin::Flag("vsock"))?),
@@ -442,6 +459,7 @@ impl VmConfig {
             memory_mib,
             serial,
             blocks,
+            pmems,
             vsock,
             api_sock,
             balloon: cli.balloon || file.balloon,
@@ -511,6 +529,8 @@ mod tests {
             &f.path("disk"),
             "--block",
             &format!("{},ro", f.path("disk")),
+            "--pmem",
+            &format!("{},ro", f.path("disk")),
             "--vsock",
             &format!("3,{sock}"),
             "--api-sock",
@@ -525,6 +545,8 @@ mod tests {
         assert_eq!(c.serial, SerialOutput::File(f.path("serial.log").into()));
         assert_eq!(c.blocks.len(), 2);
         assert!(!c.blocks[0].read_only && c.blocks[1].read_only);
+        assert_eq!(c.pmems.len(), 1);
+        assert!(c.pmems[0].read_only);
         assert_eq!(
             c.vsock,
             Some(VsockConfig {
@@ -571,6 +593,14 @@ mod tests {
             "--block: unknown option \"rx\"; expected PATH[,ro]"
         );
         assert_eq!(
+            err(&["--kernel", &k, "--pmem", "/nope.img,ro"]),
+            "--pmem: /nope.img: No such file"
+        );
+        assert_eq!(
+            err(&["--kernel", &k, "--pmem", &format!("{},dax", f.path("disk"))]),
+            "--pmem: unknown option \"dax\"; expected PATH[,ro]"
+        );
+        assert_eq!(
             err(&["--kernel", &k, "--vsock", "3"]),
             "--vsock: expected CID,PATH, got \"3\""
         );
@@ -601,8 +631,10 @@ mod tests {
             format!(
                 r#"{{"kernel": "{}", "vcpus": 2, "memory_mib": 64, "serial": "none",
                     "block": [{{"path": "{}", "read_only": true}}],
+                    "pmem": [{{"path": "{}"}}],
                     "vsock": {{"cid": 7, "uds_path": "{}"}}, "balloon": true}}"#,
                 f.path("vmlinux"),
+                f.path("disk"),
                 f.path("disk"),
                 f.path("v.sock")
             ),
@@ -613,6 +645,7 @@ mod tests {
         assert_eq!(c.memory_mib, 32);
         assert_eq!(c.serial, SerialOutput::None);
         assert!(c.blocks[0].read_only);
+        assert!(!c.pmems[0].read_only);
         assert_eq!(c.vsock.unwrap().cid, 7);
         assert!(c.balloon);
     }

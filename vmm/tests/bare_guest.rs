@@ -118,3 +118,60 @@ fn stdin_reaches_the_guest_serial_port_with_serial_stdout() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ping q");
 }
+
+/// A pmem file holding `text` and a NUL, padded to 3 MiB (the region is then 4 MiB).
+fn pmem_file(g: &GuestDir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = g.path(name);
+    let mut bytes = text.as_bytes().to_vec();
+    bytes.resize(3 << 20, 0);
+    std::fs::write(&path, &bytes).unwrap();
+    path
+}
+
+#[test]
+fn a_read_only_pmem_region_is_guest_memory_the_guest_cannot_change() {
+    let g = GuestDir::new();
+    let path = pmem_file(&g, "ro.img", "PMEM-CONTENT");
+    let (out, console) = g.run("pmem", &["--pmem", &format!("{},ro", path.display())]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    // The guest read the file's bytes at the region's address (4 GiB), then wrote one.
+    let readonly_slots = kvm_ioctls::Kvm::new()
+        .unwrap()
+        .check_extension(kvm_ioctls::Cap::ReadonlyMem);
+    let after = if readonly_slots {
+        "PMEM-CONTENT" // the write exited as MMIO and was dropped
+    } else {
+        "XMEM-CONTENT" // it went to a private copy
+    };
+    assert_eq!(console, format!("PMEM-CONTENT\n{after}\n"));
+    assert!(std::fs::read(&path).unwrap().starts_with(b"PMEM-CONTENT\0"));
+}
+
+#[test]
+fn a_writable_pmem_region_writes_through_to_its_file() {
+    let g = GuestDir::new();
+    let path = pmem_file(&g, "rw.img", "PMEM-CONTENT");
+    let (out, console) = g.run("pmem", &["--pmem", &path.display().to_string()]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert_eq!(console, "PMEM-CONTENT\nXMEM-CONTENT\n");
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.starts_with(b"XMEM-CONTENT\0"));
+    assert_eq!(bytes.len(), 3 << 20, "the file keeps its size");
+}
+
+#[test]
+fn a_bad_pmem_file_is_one_error_naming_it() {
+    let g = GuestDir::new();
+    let empty = g.path("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    let (out, _) = g.run("pmem", &["--pmem", &empty.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "sandbox-vmm: --pmem {}: {} is empty\n",
+            empty.display(),
+            empty.display()
+        )
+    );
+}

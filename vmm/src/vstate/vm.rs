@@ -1,7 +1,9 @@
 //! The KVM VM: created with an in-kernel irqchip (PIC, IOAPIC, LAPICs), its TSS and
 //! identity-map pages placed in the MMIO gap, and guest memory registered as slots.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
@@ -101,6 +103,39 @@ impl Vm {
                 .map_err(|source| VmError::MemorySlot { slot, source })?;
         }
         Ok(())
+    }
+
+    /// Whether KVM can make a memory slot read-only (`KVM_MEM_READONLY`): guest writes to
+    /// it then exit to us as MMIO instead of changing the memory.
+    pub fn has_readonly_memory(&self) -> bool {
+        self.kvm.check_extension(Cap::ReadonlyMem)
+    }
+
+    /// Registers `len` bytes of this process's memory at `host_addr` as slot `slot` at
+    /// guest physical address `guest_addr` (a pmem region), read-only if `read_only`.
+    ///
+    /// # Safety
+    ///
+    /// `host_addr..host_addr + len` must be a mapping that stays alive for as long as the
+    /// VM exists (the guest reads and maybe writes it at any time).
+    pub unsafe fn register_region(
+        &self,
+        slot: u32,
+        guest_addr: u64,
+        len: u64,
+        host_addr: u64,
+        read_only: bool,
+    ) -> Result<(), VmError> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: if read_only { KVM_MEM_READONLY } else { 0 },
+            guest_phys_addr: guest_addr,
+            memory_size: len,
+            userspace_addr: host_addr,
+        };
+        // SAFETY: the caller guarantees the host range outlives the VM.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(|source| VmError::MemorySlot { slot, source })
     }
 
     pub fn kvm(&self) -> &Kvm {

@@ -24,6 +24,8 @@ _start:
     je dots
     cmp $'e', %al
     je echo
+    cmp $'p', %al
+    je pmem
     jmp fail
 
 hello:
@@ -100,6 +102,37 @@ echo:                               # echo serial input until 'q'
     out %al, %dx
     cmp $'q', %al
     jne echo
+    jmp reset
+
+pmem:                               # the first pmem region, at 4 GiB, through long-mode
+    movl $0xb003, 0xa000            # paging (this host's KVM takes no 32-bit paging):
+    movl $0xc003, 0xb000            # PML4[0] -> PDPT at 0xb000, PDPT[0] -> PD at 0xc000,
+    movl $0xd003, 0xb008            # PDPT[1] -> PD at 0xd000
+    movl $0x83, 0xc000              # 2 MiB page at 0: this code and its data, identity
+    movl $0x83, 0xd000              # 2 MiB page at 4 GiB, seen at 1 GiB
+    movl $1, 0xd004
+    mov $0xa000, %eax
+    mov %eax, %cr3
+    mov %cr4, %eax
+    or $0x20, %eax                  # PAE
+    mov %eax, %cr4
+    mov $0xc0000080, %ecx           # EFER.LME
+    rdmsr
+    or $0x100, %eax
+    wrmsr
+    mov %cr0, %eax
+    or $0x80000000, %eax            # PG: compatibility mode, this code stays 32-bit
+    mov %eax, %cr0
+    mov $0x3f8, %dx
+    mov $0x40000000, %esi           # the region's text up to its first NUL
+    call print
+    mov $msg_nl, %esi
+    call print
+    movb $'X', 0x40000000           # a write: dropped or private on a read-only region
+    mov $0x40000000, %esi
+    call print
+    mov $msg_nl, %esi
+    call print
     jmp reset
 
 fail:

@@ -37,6 +37,19 @@ pub const SERIAL_IRQ: u32 = 4;
 pub const IRQ_BASE: u32 = 5;
 pub const IRQ_MAX: u32 = 23;
 
+/// Each virtio-pmem region starts on a 128 MiB boundary (a Linux memory section, which the
+/// guest hotplugs the region into) above RAM and the MMIO gap.
+pub const PMEM_ALIGN: u64 = 128 << 20;
+
+/// Where the first virtio-pmem region may start with `ram_size` bytes of RAM: the first
+/// 1 GiB boundary above both RAM and the 32-bit MMIO gap.
+pub fn pmem_start(ram_size: u64) -> u64 {
+    let ram_end = ram_ranges(ram_size)
+        .last()
+        .map_or(0, |(start, size)| start + size);
+    ram_end.max(MMIO_GAP_END).next_multiple_of(1 << 30)
+}
+
 /// Guest RAM ranges `(start, size)` for `size` bytes of memory: RAM stops at the MMIO gap
 /// and continues above 4 GiB.
 pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {
@@ -59,5 +72,13 @@ mod tests {
             ram_ranges(4 << 30),
             vec![(0, MMIO_GAP_START), (MMIO_GAP_END, 1 << 30)]
         );
+    }
+
+    #[test]
+    fn pmem_goes_above_ram_and_the_gap() {
+        assert_eq!(pmem_start(128 << 20), 4 << 30);
+        assert_eq!(pmem_start(4 << 30), 5 << 30);
+        assert_eq!(pmem_start((4 << 30) + 1), 6 << 30);
+        assert_eq!(pmem_start(4 << 30) % PMEM_ALIGN, 0);
     }
 }

@@ -4,6 +4,7 @@
 pub mod balloon;
 pub mod block;
 pub mod mmio;
+pub mod pmem;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,6 +25,7 @@ pub mod device_type {
     pub const BALLOON: u32 = 5;
     pub const VSOCK: u32 = 19;
     pub const FS: u32 = 26;
+    pub const PMEM: u32 = 27;
 }
 
 /// Device status bits (virtio 1.2, section 2.1).
