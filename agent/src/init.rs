@@ -106,6 +106,13 @@ const PSEUDO_MOUNTS: &[PseudoMount] = &[
         flags: NOSUID_NODEV,
         data: Some("mode=1777"),
     },
+    // The root image is read-only; the agent writes /etc/resolv.conf (CreateSandbox's DNS).
+    PseudoMount {
+        fstype: "tmpfs",
+        target: "/etc",
+        flags: NOSUID_NODEV,
+        data: Some("mode=0755"),
+    },
     PseudoMount {
         fstype: "cgroup2",
         target: "/sys/fs/cgroup",

@@ -49,6 +49,11 @@ pub fn initramfs() -> Result<PathBuf, Error> {
     existing("initramfs.cpio")
 }
 
+/// The guest root image (erofs, the agent as /init), booted from virtio-pmem.
+pub fn rootfs() -> Result<PathBuf, Error> {
+    existing("rootfs.erofs")
+}
+
 /// The static agent binary.
 pub fn agent() -> Result<PathBuf, Error> {
     existing("sandbox-agent")

@@ -1,5 +1,9 @@
-//! Booting the guest (our vmlinux + initramfs) to agent-ready under a VMM, timed: the
+//! Booting the guest (our vmlinux + root image) to agent-ready under a VMM, timed: the
 //! reference boot with QEMU microvm, and the same with our `sandbox-vmm`. Needs real KVM.
+//! Ours maps the erofs root image into the guest with virtio-pmem and boots it with DAX, as
+//! the controller does (docs/CONVENTIONS.md); QEMU's microvm machine cannot plug a
+//! virtio-pmem device (it is a memory device only its PCI proxy places), so the reference
+//! boots the same image from a read-only virtio-blk disk.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
@@ -13,11 +17,18 @@ use std::time::{Duration, Instant};
 
 /// The agent's readiness line on the console (see docs/CONVENTIONS.md).
 pub const READY_MARKER: &str = "SANDBOX-AGENT-READY uptime_ms=";
-/// Kernel command line of the timed boot: the agent powers off right after it is ready.
-pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page quiet sandbox.exit_after_ready";
+/// Kernel command line of the boot under our VMM (the controller's, shim::controller::config).
+pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page quiet";
 /// The same for QEMU microvm, which has no i8042 to reset through: a triple fault resets
 /// it, and `-no-reboot` turns the reset into QEMU's exit.
-pub const QEMU_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page quiet sandbox.exit_after_ready";
+pub const QEMU_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page quiet";
+/// The root: the first pmem device, erofs, with DAX.
+pub const ROOT_CMDLINE: &str =
+    "root=/dev/pmem0 rootfstype=erofs rootflags=dax=always ro rootwait init=/init";
+/// The same image as QEMU's first virtio-blk disk.
+pub const QEMU_ROOT_CMDLINE: &str = "root=/dev/vda rootfstype=erofs ro rootwait init=/init";
+/// The agent powers the VM off right after it is ready.
+pub const EXIT_AFTER_READY: &str = "sandbox.exit_after_ready";
 /// Guest memory of the timed boot: the controller's default (shim::controller::config::DEFAULT_MEMORY_MIB).
 pub const MEMORY_MIB: u32 = 128;
 
@@ -55,7 +66,10 @@ pub enum Vmm {
 pub struct BootConfig {
     pub vmm: Vmm,
     pub vmlinux: PathBuf,
-    pub initramfs: PathBuf,
+    /// The erofs root image.
+    pub rootfs: PathBuf,
+    /// Whether the guest powers off once the agent is ready (else it stays up).
+    pub exit_after_ready: bool,
     /// Limit for reaching the marker.
     pub ready_timeout: Duration,
     /// Limit for the VMM to exit after the marker, before it is killed.
@@ -87,39 +101,62 @@ impl BootReport {
 }
 
 impl BootConfig {
-    pub fn new(vmm: Vmm, vmlinux: PathBuf, initramfs: PathBuf) -> Self {
+    pub fn new(vmm: Vmm, vmlinux: PathBuf, rootfs: PathBuf) -> Self {
         Self {
             vmm,
             vmlinux,
-            initramfs,
+            rootfs,
+            exit_after_ready: true,
             ready_timeout: Duration::from_secs(120),
             exit_timeout: Duration::from_secs(15),
         }
+    }
+
+    /// The guest kernel command line under this VMM.
+    pub fn cmdline(&self) -> String {
+        let (base, root) = match self.vmm {
+            Vmm::Qemu => (QEMU_CMDLINE, QEMU_ROOT_CMDLINE),
+            Vmm::Sandbox { .. } => (CMDLINE, ROOT_CMDLINE),
+        };
+        let mut c = format!("{base} {root}");
+        if self.exit_after_ready {
+            c.push(' ');
+            c.push_str(EXIT_AFTER_READY);
+        }
+        c
     }
 
     /// The VMM's command line.
     pub fn command(&self) -> Command {
         match &self.vmm {
             Vmm::Qemu => {
+                let mut drive = std::ffi::OsString::from("file=");
+                drive.push(&self.rootfs);
+                drive.push(",if=none,id=root,format=raw,readonly=on");
                 let mut c = Command::new("qemu-system-x86_64");
-                c.args(["-accel", "kvm", "-M", "microvm", "-cpu", "host"])
+                // Without ACPI (our guest has none) QEMU declares its virtio-mmio devices on
+                // the kernel command line, as we do.
+                c.args(["-accel", "kvm", "-M", "microvm,acpi=off", "-cpu", "host"])
                     .args(["-m", &format!("{MEMORY_MIB}M")])
                     .args(["-smp", "1", "-nodefaults", "-no-user-config"])
                     .args(["-nographic", "-no-reboot", "-serial", "stdio"])
+                    .arg("-drive")
+                    .arg(drive)
+                    .args(["-device", "virtio-blk-device,drive=root"])
                     .arg("-kernel")
                     .arg(&self.vmlinux)
-                    .arg("-initrd")
-                    .arg(&self.initramfs)
-                    .args(["-append", QEMU_CMDLINE]);
+                    .args(["-append", &self.cmdline()]);
                 c
             }
             Vmm::Sandbox { binary } => {
+                let mut pmem = self.rootfs.clone().into_os_string();
+                pmem.push(",ro");
                 let mut c = Command::new(binary);
                 c.arg("--kernel")
                     .arg(&self.vmlinux)
-                    .arg("--initrd")
-                    .arg(&self.initramfs)
-                    .args(["--cmdline", CMDLINE])
+                    .arg("--pmem")
+                    .arg(pmem)
+                    .args(["--cmdline", &self.cmdline()])
                     .args(["--memory", &MEMORY_MIB.to_string()])
                     .args(["--vcpus", "1", "--serial", "stdout"]);
                 c
@@ -296,7 +333,7 @@ mod tests {
 
     #[test]
     fn qemu_reference_command_line() {
-        let cfg = BootConfig::new(Vmm::Qemu, "/g/vmlinux".into(), "/g/initramfs.cpio".into());
+        let cfg = BootConfig::new(Vmm::Qemu, "/g/vmlinux".into(), "/g/rootfs.erofs".into());
         let args: Vec<String> = cfg
             .command()
             .get_args()
@@ -304,11 +341,20 @@ mod tests {
             .collect();
         let joined = args.join(" ");
         assert!(
-            joined.starts_with("-accel kvm -M microvm -cpu host -m 128M"),
+            joined.starts_with("-accel kvm -M microvm,acpi=off -cpu host -m 128M"),
             "{joined}"
         );
-        assert!(joined.contains("-kernel /g/vmlinux -initrd /g/initramfs.cpio"));
-        assert_eq!(args.last().unwrap(), QEMU_CMDLINE);
+        assert!(
+            joined.contains(
+                "-drive file=/g/rootfs.erofs,if=none,id=root,format=raw,readonly=on \
+                 -device virtio-blk-device,drive=root -kernel /g/vmlinux"
+            ),
+            "{joined}"
+        );
+        assert_eq!(
+            args.last().unwrap(),
+            &format!("{QEMU_CMDLINE} {QEMU_ROOT_CMDLINE} {EXIT_AFTER_READY}")
+        );
     }
 
     #[test]
@@ -316,18 +362,22 @@ mod tests {
         let vmm = Vmm::Sandbox {
             binary: "/t/sandbox-vmm".into(),
         };
-        let cfg = BootConfig::new(vmm, "/g/vmlinux".into(), "/g/initramfs.cpio".into());
-        let args: Vec<String> = cfg
-            .command()
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let mut cfg = BootConfig::new(vmm, "/g/vmlinux".into(), "/g/rootfs.erofs".into());
+        let args = |cfg: &BootConfig| -> String {
+            cfg.command()
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         assert_eq!(
-            args.join(" "),
+            args(&cfg),
             format!(
-                "--kernel /g/vmlinux --initrd /g/initramfs.cpio --cmdline {CMDLINE} \
-                 --memory 128 --vcpus 1 --serial stdout"
+                "--kernel /g/vmlinux --pmem /g/rootfs.erofs,ro --cmdline {CMDLINE} {ROOT_CMDLINE} \
+                 {EXIT_AFTER_READY} --memory 128 --vcpus 1 --serial stdout"
             )
         );
+        cfg.exit_after_ready = false;
+        assert!(!args(&cfg).contains(EXIT_AFTER_READY));
     }
 }

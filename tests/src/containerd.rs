@@ -81,13 +81,11 @@ pub fn builder(config: Config) -> Builder {
     let kernel = setting(&["SANDBOX_KERNEL", "SANDBOX_VMLINUX"], || {
         artifacts::vmlinux().ok()
     });
-    let initrd = setting(&["SANDBOX_INITRD", "SANDBOX_INITRAMFS"], || {
-        artifacts::initramfs().ok()
-    });
+    let rootfs = setting(&["SANDBOX_ROOTFS"], || artifacts::rootfs().ok());
     for (key, value) in [
         ("SANDBOX_VMM", vmm),
         ("SANDBOX_KERNEL", kernel),
-        ("SANDBOX_INITRD", initrd),
+        ("SANDBOX_ROOTFS", rootfs),
     ] {
         if let Some(v) = value {
             b = b.env(key, v);

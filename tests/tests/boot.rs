@@ -1,5 +1,5 @@
 //! The timed guest boot under real KVM: QEMU microvm (the reference) and our sandbox-vmm boot
-//! our vmlinux + initramfs and the agent reports ready. Runs in the lab (`cargo xtask test`).
+//! our vmlinux + root image and the agent reports ready. Runs in the lab (`cargo xtask test`).
 
 use std::path::PathBuf;
 
@@ -10,7 +10,7 @@ fn boot(vmm: Vmm) -> BootReport {
     let config = BootConfig::new(
         vmm,
         artifacts::vmlinux().unwrap(),
-        artifacts::initramfs().unwrap(),
+        artifacts::rootfs().unwrap(),
     );
     let report = config.run().expect("boot to agent-ready");
     let marker = report

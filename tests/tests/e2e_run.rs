@@ -52,7 +52,7 @@ impl Env {
             .arg(&self.root)
             .env("SANDBOX_VMM", release_bin("SANDBOX_VMM", "sandbox-vmm"))
             .env("SANDBOX_KERNEL", artifacts::vmlinux().expect("vmlinux"))
-            .env("SANDBOX_INITRD", artifacts::initramfs().expect("initramfs"))
+            .env("SANDBOX_ROOTFS", artifacts::rootfs().expect("rootfs"))
             .env("SANDBOX_IMAGE_CACHE", &self.cache)
             .stdin(Stdio::null());
         c

@@ -46,7 +46,7 @@ pub fn run(args: Args) -> Result<()> {
         return boot_here(&args);
     }
     artifacts::vmlinux()?;
-    artifacts::initramfs()?;
+    artifacts::rootfs()?;
     if args.vmm == VmmKind::Sandbox {
         build_vmm()?;
     }
@@ -138,7 +138,7 @@ fn boot_here(args: &Args) -> Result<()> {
             binary: artifacts::sandbox_vmm()?,
         },
     };
-    let config = BootConfig::new(vmm, artifacts::vmlinux()?, artifacts::initramfs()?);
+    let config = BootConfig::new(vmm, artifacts::vmlinux()?, artifacts::rootfs()?);
     warm_up(&config);
     let mut walls = Vec::new();
     let mut guests = Vec::new();

@@ -31,7 +31,7 @@ pub fn run(args: Args) -> Result<()> {
     let sandbox = release.join("sandbox");
     let vmm = release.join("sandbox-vmm");
     let kernel = artifacts::vmlinux()?;
-    let initrd = artifacts::initramfs()?;
+    let rootfs = artifacts::rootfs()?;
 
     // Under /var/tmp: the lab sees it (it hides the host's /tmp). Removed on drop.
     let bundle = Bundle::new("demo");
@@ -50,7 +50,7 @@ pub fn run(args: Args) -> Result<()> {
     let env: Vec<(OsString, OsString)> = vec![
         ("SANDBOX_VMM".into(), vmm.into()),
         ("SANDBOX_KERNEL".into(), kernel.into()),
-        ("SANDBOX_INITRD".into(), initrd.into()),
+        ("SANDBOX_ROOTFS".into(), rootfs.into()),
         (
             "SANDBOX_IMAGE_CACHE".into(),
             "/run/sandbox-demo-images".into(),

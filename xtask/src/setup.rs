@@ -1,5 +1,6 @@
-//! `cargo xtask setup`: Debian packages, then the guest kernel, static agent and initramfs,
-//! each cached under $SANDBOX_CACHE by a hash of its inputs and linked into target/guest/.
+//! `cargo xtask setup`: Debian packages, then the guest kernel, static agent, initramfs and
+//! root image, each cached under $SANDBOX_CACHE by a hash of its inputs and linked into
+//! target/guest/.
 
 mod agent;
 mod cache;
@@ -8,6 +9,7 @@ mod initramfs;
 mod kconfig;
 mod kernel;
 mod packages;
+mod rootfs;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -38,6 +40,8 @@ pub struct Args {
 pub struct GuestArtifacts {
     pub vmlinux: PathBuf,
     pub initramfs: PathBuf,
+    /// The erofs root image of the same tree (booted from virtio-pmem).
+    pub rootfs: PathBuf,
     pub agent: PathBuf,
 }
 
@@ -55,6 +59,7 @@ pub fn run(args: Args) -> Result<()> {
     for (what, path) in [
         ("vmlinux", &a.vmlinux),
         ("initramfs", &a.initramfs),
+        ("rootfs", &a.rootfs),
         ("agent", &a.agent),
     ] {
         let size = std::fs::metadata(path)?.len();
@@ -96,10 +101,12 @@ pub fn ensure_guest(args: &Args) -> Result<GuestArtifacts> {
     let a = GuestArtifacts {
         vmlinux: guest.join("vmlinux"),
         initramfs: guest.join("initramfs.cpio"),
+        rootfs: guest.join("rootfs.erofs"),
         agent: guest.join("sandbox-agent"),
     };
     cache::link(&kernel.vmlinux, &a.vmlinux)?;
     cache::link(&initramfs.cpio, &a.initramfs)?;
+    cache::link(&initramfs.rootfs, &a.rootfs)?;
     cache::link(&initramfs.agent, &a.agent)?;
     Ok(a)
 }

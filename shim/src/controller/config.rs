@@ -1,5 +1,6 @@
 //! Where the controller finds its pieces: the state root, `sandbox-vmm`, the guest kernel and
-//! initramfs, the image cache; each from an environment variable or a fixed default.
+//! root image (or initramfs), the image cache; each from an environment variable or a fixed
+//! default. Also the guest kernel command line that goes with them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,9 +9,14 @@ use std::time::Duration;
 pub const DEFAULT_ROOT: &str = "/run/sandbox";
 /// Default cache of rootfs images, shared by all state roots.
 pub const DEFAULT_IMAGE_CACHE: &str = "/var/lib/sandbox/images";
-/// Default guest kernel and initramfs.
+/// Default guest kernel and root image.
 pub const DEFAULT_KERNEL: &str = "/usr/share/sandbox/vmlinux";
-pub const DEFAULT_INITRD: &str = "/usr/share/sandbox/initramfs.cpio";
+pub const DEFAULT_ROOTFS: &str = "/usr/share/sandbox/rootfs.erofs";
+/// The guest kernel command line (docs/CONVENTIONS.md); the VMM appends its device entries.
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page";
+/// What the command line gets for a root image: the first virtio-pmem device, erofs, with DAX.
+pub const IMAGE_ROOT_CMDLINE: &str =
+    "root=/dev/pmem0 rootfstype=erofs rootflags=dax=always ro rootwait init=/init";
 /// Default guest size: the base memory of every sandbox VM (kernel, agent and a small
 /// container fit in 128 MiB, as in Firecracker's default); [`guest_memory_mib`] adds what the
 /// container asks for.
@@ -68,8 +74,8 @@ pub struct Config {
     pub vmm: PathBuf,
     /// Uncompressed vmlinux with a PVH note.
     pub kernel: PathBuf,
-    /// Initramfs with the agent as /init.
-    pub initrd: PathBuf,
+    /// Where the guest's root (the agent as /init) comes from.
+    pub guest_root: GuestRoot,
     /// Where rootfs images are cached.
     pub image_cache: PathBuf,
     pub vcpus: u32,
@@ -80,16 +86,55 @@ pub struct Config {
     pub debug: bool,
 }
 
+/// The guest's root file system, which holds the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestRoot {
+    /// An erofs image (rootfs-image/) mapped into the guest with virtio-pmem and mounted with
+    /// DAX: the default.
+    Image(PathBuf),
+    /// An initramfs (cpio) the kernel unpacks into guest RAM, as Kata's `initrd` option.
+    Initrd(PathBuf),
+}
+
+impl GuestRoot {
+    /// `sandbox-vmm` flags that give the guest this root.
+    pub fn vmm_args(&self) -> Vec<std::ffi::OsString> {
+        let (flag, file, root) = match self {
+            GuestRoot::Image(path) => {
+                let mut pmem = path.clone().into_os_string();
+                pmem.push(",ro");
+                ("--pmem", pmem, Some(IMAGE_ROOT_CMDLINE))
+            }
+            GuestRoot::Initrd(path) => ("--initrd", path.clone().into_os_string(), None),
+        };
+        let cmdline = match root {
+            Some(root) => format!("{KERNEL_CMDLINE} {root}"),
+            None => KERNEL_CMDLINE.to_string(),
+        };
+        vec![flag.into(), file, "--cmdline".into(), cmdline.into()]
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            GuestRoot::Image(p) | GuestRoot::Initrd(p) => p,
+        }
+    }
+}
+
 impl Config {
     /// Settings from the environment: `$SANDBOX_VMM` (else `sandbox-vmm` next to this
-    /// executable, else on $PATH), `$SANDBOX_KERNEL`, `$SANDBOX_INITRD`, `$SANDBOX_IMAGE_CACHE`,
-    /// `$SANDBOX_VCPUS`, `$SANDBOX_MEMORY_MIB`, `$SANDBOX_AGENT_TIMEOUT` (seconds).
+    /// executable, else on $PATH), `$SANDBOX_KERNEL`, `$SANDBOX_ROOTFS` (or `$SANDBOX_INITRD`
+    /// to boot from an initramfs instead), `$SANDBOX_IMAGE_CACHE`, `$SANDBOX_VCPUS`,
+    /// `$SANDBOX_MEMORY_MIB`, `$SANDBOX_AGENT_TIMEOUT` (seconds).
     pub fn from_env(root: Option<PathBuf>, debug: bool) -> Result<Config, Error> {
         Ok(Config {
             root: root.unwrap_or_else(|| DEFAULT_ROOT.into()),
             vmm: find_vmm(),
             kernel: env_path("SANDBOX_KERNEL", DEFAULT_KERNEL),
-            initrd: env_path("SANDBOX_INITRD", DEFAULT_INITRD),
+            guest_root: match std::env::var_os("SANDBOX_INITRD").filter(|v| !v.is_empty()) {
+                Some(initrd) => GuestRoot::Initrd(initrd.into()),
+                None => GuestRoot::Image(env_path("SANDBOX_ROOTFS", DEFAULT_ROOTFS)),
+            },
             image_cache: env_path("SANDBOX_IMAGE_CACHE", DEFAULT_IMAGE_CACHE),
             vcpus: env_number("SANDBOX_VCPUS", DEFAULT_VCPUS)?,
             memory_mib: env_number("SANDBOX_MEMORY_MIB", DEFAULT_MEMORY_MIB)?,
@@ -106,13 +151,17 @@ impl Config {
 
     /// Checks that the guest files exist (only needed when a VM is started).
     pub fn check_guest(&self) -> Result<(), Error> {
+        let root = match &self.guest_root {
+            GuestRoot::Image(_) => ("root image", "SANDBOX_ROOTFS", "rootfs.erofs"),
+            GuestRoot::Initrd(_) => ("initramfs", "SANDBOX_INITRD", "initramfs.cpio"),
+        };
         for (what, path, var, file) in [
             ("kernel", &self.kernel, "SANDBOX_KERNEL", "vmlinux"),
             (
-                "initramfs",
-                &self.initrd,
-                "SANDBOX_INITRD",
-                "initramfs.cpio",
+                root.0,
+                &self.guest_root.path().to_path_buf(),
+                root.1,
+                root.2,
             ),
         ] {
             if !path.is_file() {
@@ -171,7 +220,7 @@ mod tests {
             root: "/nonexistent".into(),
             vmm: "/bin/true".into(),
             kernel: "/nonexistent/vmlinux".into(),
-            initrd: "/nonexistent/initramfs.cpio".into(),
+            guest_root: GuestRoot::Image("/nonexistent/rootfs.erofs".into()),
             image_cache: "/nonexistent".into(),
             vcpus: 1,
             memory_mib: 256,
@@ -182,6 +231,29 @@ mod tests {
         assert!(
             msg.contains("SANDBOX_KERNEL") && msg.contains("/nonexistent/vmlinux"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_root_image_boots_from_pmem_and_an_initrd_as_one() {
+        let args = |r: GuestRoot| -> Vec<String> {
+            r.vmm_args()
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            args(GuestRoot::Image("/g/rootfs.erofs".into())),
+            [
+                "--pmem",
+                "/g/rootfs.erofs,ro",
+                "--cmdline",
+                &format!("{KERNEL_CMDLINE} root=/dev/pmem0 rootfstype=erofs rootflags=dax=always ro rootwait init=/init"),
+            ]
+        );
+        assert_eq!(
+            args(GuestRoot::Initrd("/g/initramfs.cpio".into())),
+            ["--initrd", "/g/initramfs.cpio", "--cmdline", KERNEL_CMDLINE]
         );
     }
 

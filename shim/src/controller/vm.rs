@@ -149,8 +149,7 @@ impl Vmm {
         let mut cmd = Command::new(&cfg.vmm);
         cmd.arg("--kernel")
             .arg(&cfg.kernel)
-            .arg("--initrd")
-            .arg(&cfg.initrd)
+            .args(cfg.guest_root.vmm_args())
             .args(["--vcpus", &cfg.vcpus.to_string()])
             .args(["--memory", &memory_mib.to_string()])
             .arg("--serial")
@@ -164,8 +163,8 @@ impl Vmm {
         }
         cmd.arg("--vsock")
             .arg(format!("{GUEST_CID},{}", paths.vsock.display()))
-            // Free page reporting: what the guest frees (the initramfs it unpacked, page cache
-            // it dropped) goes back to the host instead of staying in this sandbox's footprint.
+            // Free page reporting: what the guest frees (page cache it dropped, an initramfs
+            // it unpacked) goes back to the host instead of staying in this sandbox's footprint.
             .arg("--balloon")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

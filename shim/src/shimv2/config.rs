@@ -1,5 +1,5 @@
 //! The shim's settings: a `KEY=VALUE` file of defaults for the controller's `SANDBOX_*`
-//! variables (VM size, kernel, initramfs), under the variables containerd passes to the shim.
+//! variables (VM size, kernel, root image), under the variables containerd passes to the shim.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +13,7 @@ pub const DEFAULT_STATE_ROOT: &str = "/run/containerd-shim-sandbox";
 const KNOWN_KEYS: &[&str] = &[
     "SANDBOX_VMM",
     "SANDBOX_KERNEL",
+    "SANDBOX_ROOTFS",
     "SANDBOX_INITRD",
     "SANDBOX_IMAGE_CACHE",
     "SANDBOX_VCPUS",

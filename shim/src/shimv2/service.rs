@@ -872,7 +872,9 @@ mod tests {
             root: dir.join("state"),
             vmm: "/nonexistent/sandbox-vmm".into(),
             kernel: "/nonexistent/vmlinux".into(),
-            initrd: "/nonexistent/initramfs.cpio".into(),
+            guest_root: crate::controller::config::GuestRoot::Image(
+                "/nonexistent/rootfs.erofs".into(),
+            ),
             image_cache: dir.join("images"),
             vcpus: 1,
             memory_mib: 256,

@@ -155,7 +155,9 @@ mod tests {
             root: root.join("state"),
             vmm: "/nonexistent/sandbox-vmm".into(),
             kernel: "/nonexistent/vmlinux".into(),
-            initrd: "/nonexistent/initramfs.cpio".into(),
+            guest_root: crate::controller::config::GuestRoot::Image(
+                "/nonexistent/rootfs.erofs".into(),
+            ),
             image_cache: root.join("images"),
             vcpus: 1,
             memory_mib: 256,

@@ -1,5 +1,5 @@
 //! `boot-to-agent`: VMM start → `SANDBOX-AGENT-READY` on the console, our VMM against QEMU
-//! microvm with the same kernel and initramfs (the timed boot of `sandbox_tests::boot`).
+//! microvm with the same kernel and root image (the timed boot of `sandbox_tests::boot`).
 
 use indicatif::ProgressBar;
 use sandbox_tests::boot::{BootConfig, BootReport};
@@ -53,7 +53,7 @@ fn measure(
         .expect("rounds >= 1")
         .notes(format!(
             "in the lab (nested KVM under TCG: compare ratios, not absolute times); same \
-             vmlinux + initramfs, {} MiB, 1 vCPU; guest clock at ready, median: ours {} ms, \
+             vmlinux + root image (virtio-pmem, DAX), {} MiB, 1 vCPU; guest clock at ready, median: ours {} ms, \
              peer {} ms",
             sandbox_tests::boot::MEMORY_MIB,
             guest_ms(&o),

@@ -145,7 +145,7 @@ pub fn run(
             full,
             "ours: `sandbox run -d` of a sleeping busybox container, N held (memory: PSS of \
              every host process they left; latency: the whole command); peer: QEMU microvm \
-             booted to agent-ready and held idle, same kernel + initramfs"
+             booted to agent-ready and held idle, same kernel + root image"
                 .to_string(),
         ),
         Some(e) => {

@@ -28,24 +28,11 @@ pub struct IdleVm {
 
 /// The boot command of `config` with the kernel command line that keeps the guest running.
 pub fn command(config: &BootConfig) -> Command {
-    let base = config.command();
-    let mut cmd = Command::new(base.get_program());
-    for arg in base.get_args() {
-        if arg == boot::CMDLINE || arg == boot::QEMU_CMDLINE {
-            cmd.arg(idle_cmdline(&arg.to_string_lossy()));
-        } else {
-            cmd.arg(arg);
-        }
+    BootConfig {
+        exit_after_ready: false,
+        ..config.clone()
     }
-    cmd
-}
-
-fn idle_cmdline(cmdline: &str) -> String {
-    cmdline
-        .split_whitespace()
-        .filter(|w| *w != "sandbox.exit_after_ready")
-        .collect::<Vec<_>>()
-        .join(" ")
+    .command()
 }
 
 impl IdleVm {
@@ -130,18 +117,17 @@ mod tests {
 
     #[test]
     fn idle_boot_drops_only_exit_after_ready() {
-        assert_eq!(
-            idle_cmdline(boot::CMDLINE),
-            "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page quiet"
-        );
-        let cfg = BootConfig::new(Vmm::Qemu, "/g/vmlinux".into(), "/g/initramfs.cpio".into());
+        let cfg = BootConfig::new(Vmm::Qemu, "/g/vmlinux".into(), "/g/rootfs.erofs".into());
         let args: Vec<String> = command(&cfg)
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        assert_eq!(args.last().unwrap(), &idle_cmdline(boot::QEMU_CMDLINE));
+        assert_eq!(
+            args.last().unwrap(),
+            &format!("{} {}", boot::QEMU_CMDLINE, boot::QEMU_ROOT_CMDLINE)
+        );
         assert!(!args.iter().any(|a| a.contains("exit_after_ready")));
-        assert!(args.iter().any(|a| a == "microvm"));
+        assert!(args.iter().any(|a| a == "microvm,acpi=off"));
     }
 
     #[test]

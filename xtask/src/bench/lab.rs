@@ -198,7 +198,7 @@ pub fn inside(a: &Args, plan: Plan) -> Result<()> {
     let guest = Guest {
         vmm,
         vmlinux: artifacts::vmlinux()?,
-        initramfs: artifacts::initramfs()?,
+        rootfs: artifacts::rootfs()?,
     };
     let bar = ProgressBar::with_draw_target(Some(total_steps(plan)), ProgressDrawTarget::hidden());
     let reporter = a.inside.progress_file.clone().map(|path| {

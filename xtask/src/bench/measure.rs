@@ -141,7 +141,7 @@ impl Memory {
         Memory::of_vm(pid, &[])
     }
 
-    /// [`Memory::of`] a VMM that may map `guest_files` (kernel, initrd) into guest RAM.
+    /// [`Memory::of`] a VMM that may map `guest_files` (kernel, initrd, pmem images) into guest RAM.
     pub fn of_vm(pid: u32, guest_files: &[&Path]) -> Result<Memory, Error> {
         let rollup = format!("/proc/{pid}/smaps_rollup");
         let pss_kib = field_kib(&read(&rollup)?, "Pss:").ok_or(Error::Field {
@@ -187,7 +187,7 @@ fn field_kib(text: &str, name: &str) -> Option<u64> {
 /// Resident guest RAM in a /proc/PID/smaps text: the Rss of every private writable mapping
 /// that is anonymous and at least [`GUEST_PIECE_KIB`] large (guest RAM, which files mapped
 /// into it split into pieces; a VMM's thread stacks match too, with a few KiB resident) or maps
-/// one of `guest_files` (the kernel and initrd our VMM maps into guest RAM).
+/// one of `guest_files` (the kernel, initrd and pmem images our VMM maps into the guest).
 fn guest_rss_kib(smaps: &str, guest_files: &[PathBuf]) -> u64 {
     // (counted, Size, Rss) of each mapping.
     let mut maps: Vec<(bool, u64, u64)> = Vec::new();

@@ -34,7 +34,7 @@ pub enum Error {
 pub fn measure_once(config: &BootConfig, label: &str) -> Result<Memory, Error> {
     let mut vm = IdleVm::start(config, READY_TIMEOUT)?;
     thread::sleep(SETTLE);
-    let mem = Memory::of_vm(vm.pid(), &[&config.vmlinux, &config.initramfs])?;
+    let mem = Memory::of_vm(vm.pid(), &[&config.vmlinux, &config.rootfs])?;
     if !vm.alive() {
         return Err(Error::Exited(label.into()));
     }
@@ -62,7 +62,7 @@ fn sandbox_once(sandbox: &Path, guest: &Guest, round: usize) -> Result<SandboxMe
         processes: 0,
     };
     for pid in pids().intersection(&started.pids.iter().copied().collect()) {
-        if let Ok(m) = Memory::of_vm(*pid, &[&guest.vmlinux, &guest.initramfs]) {
+        if let Ok(m) = Memory::of_vm(*pid, &[&guest.vmlinux, &guest.rootfs]) {
             total.pss_kib += m.pss_kib;
             total.guest_kib = total.guest_kib.max(m.guest_rss_kib);
             total.processes += 1;
@@ -115,7 +115,7 @@ pub fn run(sandbox: &Path, guest: &Guest, rounds: usize, bar: &ProgressBar) -> R
                         "ours: `sandbox run -d` of busybox `sleep 3600`, idle {} s, PSS \
                          (smaps_rollup) of every host process it left running ({} of them), \
                          guest RAM touched {ours_guest:.1} MiB of it; peer: QEMU microvm with \
-                         the same kernel + initramfs booted to agent-ready and idle (no \
+                         the same kernel + root image booted to agent-ready and idle (no \
                          container), guest RAM {peer_guest:.1} MiB; {} MiB guests",
                         SETTLE.as_secs(),
                         full[0].processes,

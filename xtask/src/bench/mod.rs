@@ -105,7 +105,7 @@ impl Plan {
 pub struct Guest {
     pub vmm: PathBuf,
     pub vmlinux: PathBuf,
-    pub initramfs: PathBuf,
+    pub rootfs: PathBuf,
 }
 
 impl Guest {
@@ -113,11 +113,11 @@ impl Guest {
         let vmm = Vmm::Sandbox {
             binary: self.vmm.clone(),
         };
-        BootConfig::new(vmm, self.vmlinux.clone(), self.initramfs.clone())
+        BootConfig::new(vmm, self.vmlinux.clone(), self.rootfs.clone())
     }
 
     pub fn config_peer(&self) -> BootConfig {
-        BootConfig::new(Vmm::Qemu, self.vmlinux.clone(), self.initramfs.clone())
+        BootConfig::new(Vmm::Qemu, self.vmlinux.clone(), self.rootfs.clone())
     }
 }
 
@@ -249,7 +249,7 @@ fn guest_paths(vmm: &Path) -> Result<Guest> {
     Ok(Guest {
         vmm: vmm.to_path_buf(),
         vmlinux: artifacts::vmlinux()?,
-        initramfs: artifacts::initramfs()?,
+        rootfs: artifacts::rootfs()?,
     })
 }
 

@@ -64,7 +64,7 @@ pub fn vm_env(guest: &Guest, cache: &Path) -> Vec<(&'static str, PathBuf)> {
     vec![
         ("SANDBOX_VMM", guest.vmm.clone()),
         ("SANDBOX_KERNEL", guest.vmlinux.clone()),
-        ("SANDBOX_INITRD", guest.initramfs.clone()),
+        ("SANDBOX_ROOTFS", guest.rootfs.clone()),
         ("SANDBOX_IMAGE_CACHE", cache.to_path_buf()),
         (
             "SANDBOX_MEMORY_MIB",
@@ -147,7 +147,7 @@ mod tests {
         let guest = Guest {
             vmm: "/t/sandbox-vmm".into(),
             vmlinux: "/g/vmlinux".into(),
-            initramfs: "/g/initramfs.cpio".into(),
+            rootfs: "/g/rootfs.erofs".into(),
         };
         let env = vm_env(&guest, Path::new("/c"));
         let c = command(
@@ -169,7 +169,7 @@ mod tests {
         for (k, v) in [
             ("SANDBOX_VMM", "/t/sandbox-vmm"),
             ("SANDBOX_KERNEL", "/g/vmlinux"),
-            ("SANDBOX_INITRD", "/g/initramfs.cpio"),
+            ("SANDBOX_ROOTFS", "/g/rootfs.erofs"),
             ("SANDBOX_IMAGE_CACHE", "/c"),
         ] {
             assert!(envs.contains(&(k.into(), v.into())), "{k} in {envs:?}");

@@ -1,4 +1,5 @@
-//! The guest initramfs: rootfs-image/initramfs.list (gen_init_cpio syntax) → newc cpio.
+//! The guest initramfs: rootfs-image/initramfs.list (gen_init_cpio syntax) → newc cpio, and
+//! the same tree as the erofs root image (setup::rootfs).
 //! Entries get fixed owners, inode numbers and mtime 0, so equal inputs give equal bytes.
 
 use std::fs;
@@ -10,7 +11,7 @@ use anyhow::Context;
 use super::cache::{self, Cache};
 
 /// Bump when the archive layout written below changes.
-const RECIPE_VERSION: &str = "initramfs-recipe-1";
+const RECIPE_VERSION: &str = "initramfs-recipe-3";
 /// Initramfs builds kept in the cache (the current one included).
 const KEEP_IMAGES: usize = 5;
 /// The `file` source that stands for the static agent binary.
@@ -210,9 +211,11 @@ pub fn write_archive<W: Write>(
     Ok(cpio::newc::trailer(out)?)
 }
 
-/// A built initramfs in the cache, with the agent copy it contains.
+/// A built initramfs in the cache, with the erofs image of the same tree and the agent copy
+/// they contain.
 pub struct Initramfs {
     pub cpio: PathBuf,
+    pub rootfs: PathBuf,
     pub agent: PathBuf,
     pub built: bool,
 }
@@ -254,10 +257,11 @@ pub fn ensure(cache: &Cache, list_path: &Path, agent: &Path) -> anyhow::Result<I
     let dir = kind_dir.join(&key);
     let result = Initramfs {
         cpio: dir.join("initramfs.cpio"),
+        rootfs: dir.join("rootfs.erofs"),
         agent: dir.join("sandbox-agent"),
         built: false,
     };
-    if result.cpio.is_file() && result.agent.is_file() {
+    if result.cpio.is_file() && result.rootfs.is_file() && result.agent.is_file() {
         cache::touch(&dir);
         return Ok(result);
     }
@@ -265,6 +269,11 @@ pub fn ensure(cache: &Cache, list_path: &Path, agent: &Path) -> anyhow::Result<I
     let out = fs::File::create(tmp.join("initramfs.cpio"))?;
     let out = write_archive(&entries, read, io::BufWriter::new(out))?;
     out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    let stage = tmp.join("rootfs");
+    fs::create_dir(&stage)?;
+    super::rootfs::stage_tree(&entries, read, &stage)?;
+    super::rootfs::mkfs(&stage, &tmp.join("rootfs.erofs"))?;
+    fs::remove_dir_all(&stage)?;
     fs::write(tmp.join("sandbox-agent"), &agent_bytes)?;
     fs::set_permissions(
         tmp.join("sandbox-agent"),
