@@ -297,6 +297,81 @@ fn guest_writes_reach_the_disk_file_and_a_read_only_disk_refuses_them() {
     assert!(std::fs::read(&ro).unwrap() == ro_before, "ro.img changed");
 }
 
+/// The guest's /init for the pmem test: mounts the root image from pmem0 with DAX and shows
+/// that DAX is on, then writes a marker into the writable pmem1 and flushes it.
+const PMEM_INIT: &str = r#"#!/bin/sh
+mount -t sysfs sys /sys
+mount -t proc proc /proc
+mount -t devtmpfs dev /dev
+mkdir -p /mnt
+mount -t erofs -o ro,dax=always /dev/pmem0 /mnt && echo "pmem0 mounted"
+grep pmem0 /proc/mounts
+echo "pmem0 dax=$(cat /sys/block/pmem0/queue/dax) init=$(head -c 4 /mnt/init | tail -c 3)"
+echo "pmem1 head=$(head -c 12 /dev/pmem1)"
+printf 'written-by-guest' | dd of=/dev/pmem1 bs=4096 seek=1 conv=fsync 2>/dev/null
+echo "pmem1 write-status=$?"
+echo PMEM-TEST-DONE
+reboot -f
+"#;
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn pmem_root_image_mounts_with_dax_and_a_writable_region_reaches_its_file() {
+    let dir = tempfile::Builder::new()
+        .prefix("vmm-pmem")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let initramfs = busybox_initramfs(
+        dir.path(),
+        &["sys", "proc"],
+        PMEM_INIT,
+        &[
+            "sh", "mount", "mkdir", "cat", "grep", "head", "tail", "printf", "dd", "reboot",
+        ],
+    );
+    let rw = dir.path().join("rw.img");
+    let mut before = vec![0u8; 3 << 20];
+    before[..12].copy_from_slice(b"HOST-RW-PMEM");
+    std::fs::write(&rw, &before).unwrap();
+
+    let serial = dir.path().join("serial.log");
+    let out = vmm_with_initrd(
+        &initramfs,
+        "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet",
+        128,
+        &serial,
+    )
+    .arg("--pmem")
+    .arg(format!("{},ro", guest_file("rootfs.erofs").display()))
+    .arg("--pmem")
+    .arg(&rw)
+    .output()
+    .unwrap();
+    let console = std::fs::read_to_string(&serial).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{console}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(console.contains("PMEM-TEST-DONE"), "{console}");
+    // The root image is erofs on pmem0, mapped with DAX (no guest page cache), and holds the
+    // agent's ELF binary as /init.
+    assert!(console.contains("pmem0 mounted"), "{console}");
+    assert!(console.contains("dax=always"), "{console}");
+    assert!(console.contains("pmem0 dax=1 init=ELF"), "{console}");
+    // The writable region shows the file's bytes and the guest's write reaches the file.
+    assert!(console.contains("pmem1 head=HOST-RW-PMEM"), "{console}");
+    assert!(console.contains("pmem1 write-status=0"), "{console}");
+    let after = std::fs::read(&rw).unwrap();
+    let mut expected = before;
+    expected[4096..4096 + 16].copy_from_slice(b"written-by-guest");
+    assert!(
+        after == expected,
+        "rw.img differs at 4 KiB: {:?}",
+        String::from_utf8_lossy(&after[4096..4096 + 32])
+    );
+}
+
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn api_shutdown_is_ctrl_alt_del_and_the_agent_stops_the_guest_itself() {
