@@ -331,7 +331,17 @@ pub fn attach_virtio_devices(
     mmio_bus: &mut Bus,
     event_loop: &mut EventLoop,
 ) -> Result<VirtioDevices, BuildError> {
-    let mut manager = MmioDeviceManager::new();
+    let mut bus = VirtioBus {
+        manager: MmioDeviceManager::new(),
+        vm,
+        mem,
+        mmio_bus,
+        event_loop,
+    };
+    let placement = |flag: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BuildError::MmioPlacement { flag, path, source }
+    };
     let mut blocks = Vec::new();
     for b in &config.blocks {
         let block = Block::new(&b.path, b.read_only).map_err(|source| BuildError::Block {
@@ -339,65 +349,16 @@ pub fn attach_virtio_devices(
             source,
         })?;
         let block = Arc::new(Mutex::new(block));
-        manager
-            .register_virtio(
-                vm.fd(),
-                mem,
-                mmio_bus,
-                event_loop.manager_mut(),
-                block.clone(),
-            )
-            .map_err(|source| BuildError::MmioPlacement {
-                flag: "--block",
-                path: b.path.clone(),
-                source,
-            })?;
+        bus.place(block.clone())
+            .map_err(placement("--block", &b.path))?;
         blocks.push(block);
     }
     let mut pmem_backings = Vec::new();
-    let readonly_slots = vm.has_readonly_memory();
     let mut next_start = pmem_start(config.memory_mib << 20);
     for (index, p) in config.pmems.iter().enumerate() {
-        let path = || p.path.clone();
-        let backing = PmemBacking::open(&p.path, p.read_only, p.read_only && !readonly_slots)
-            .map_err(|source| BuildError::PmemBacking {
-                path: path(),
-                source,
-            })?;
-        let start = next_start.next_multiple_of(PMEM_ALIGN);
-        next_start = start + backing.region_len();
-        // SAFETY: the mapping is owned by `backing`, which `VirtioDevices` keeps until the
-        // VM is dropped (builder::Vmm::run drops the VM first).
-        unsafe {
-            vm.register_region(
-                PMEM_FIRST_SLOT + index as u32,
-                start,
-                backing.region_len(),
-                backing.host_addr(),
-                p.read_only && readonly_slots,
-            )
-        }
-        .map_err(|source| BuildError::PmemSlot {
-            path: path(),
-            source,
-        })?;
-        let pmem = Pmem::new(&backing, start).map_err(|source| BuildError::Pmem {
-            path: path(),
-            source,
-        })?;
-        manager
-            .register_virtio(
-                vm.fd(),
-                mem,
-                mmio_bus,
-                event_loop.manager_mut(),
-                Arc::new(Mutex::new(pmem)),
-            )
-            .map_err(|source| BuildError::MmioPlacement {
-                flag: "--pmem",
-                path: path(),
-                source,
-            })?;
+        let (pmem, backing) = map_pmem(vm, p, index as u32, &mut next_start)?;
+        bus.place(Arc::new(Mutex::new(pmem)))
+            .map_err(placement("--pmem", &p.path))?;
         pmem_backings.push(backing);
     }
     if let Some(v) = &config.vsock {
@@ -406,19 +367,8 @@ pub fn attach_virtio_devices(
                 path: v.uds_path.clone(),
                 source,
             })?;
-        manager
-            .register_virtio(
-                vm.fd(),
-                mem,
-                mmio_bus,
-                event_loop.manager_mut(),
-                Arc::new(Mutex::new(vsock)),
-            )
-            .map_err(|source| BuildError::MmioPlacement {
-                flag: "--vsock",
-                path: v.uds_path.clone(),
-                source,
-            })?;
+        bus.place(Arc::new(Mutex::new(vsock)))
+            .map_err(placement("--vsock", &v.uds_path))?;
     }
     if config.balloon {
         // Released pages would come back as parts of huge pages otherwise.
@@ -426,21 +376,86 @@ pub fn attach_virtio_devices(
             tracing::warn!(error = %e, "cannot turn transparent huge pages off for guest memory");
         }
         let balloon = Balloon::new().map_err(BuildError::Balloon)?;
-        manager
-            .register_virtio(
-                vm.fd(),
-                mem,
-                mmio_bus,
-                event_loop.manager_mut(),
-                Arc::new(Mutex::new(balloon)),
-            )
+        bus.place(Arc::new(Mutex::new(balloon)))
             .map_err(BuildError::BalloonPlacement)?;
     }
+    let manager = bus.manager;
     Ok(VirtioDevices {
         cmdline: manager.cmdline_entries(),
         blocks,
         _pmem_backings: pmem_backings,
     })
+}
+
+/// What placing a virtio-mmio device needs: the device manager and the VM, memory, bus and
+/// event loop it wires the device into.
+struct VirtioBus<'a> {
+    manager: MmioDeviceManager,
+    vm: &'a Vm,
+    mem: &'a GuestMemoryMmap,
+    mmio_bus: &'a mut Bus,
+    event_loop: &'a mut EventLoop,
+}
+
+impl VirtioBus<'_> {
+    fn place<D>(&mut self, device: Arc<Mutex<D>>) -> Result<(), MmioError>
+    where
+        D: crate::devices::virtio::VirtioDevice
+            + event_manager::MutEventSubscriber
+            + Send
+            + 'static,
+    {
+        self.manager
+            .register_virtio(
+                self.vm.fd(),
+                self.mem,
+                self.mmio_bus,
+                self.event_loop.manager_mut(),
+                device,
+            )
+            .map(|_| ())
+    }
+}
+
+/// Maps pmem file `index` at the next 128 MiB boundary from `next_start` (which it moves past
+/// the region) as its own KVM slot, read-only when KVM can; returns the device and the
+/// mapping, which must outlive the VM.
+fn map_pmem(
+    vm: &Vm,
+    p: &crate::config::PmemConfig,
+    index: u32,
+    next_start: &mut u64,
+) -> Result<(Pmem, PmemBacking), BuildError> {
+    let path = || p.path.clone();
+    let readonly_slot = p.read_only && vm.has_readonly_memory();
+    let backing = PmemBacking::open(&p.path, p.read_only, p.read_only && !readonly_slot).map_err(
+        |source| BuildError::PmemBacking {
+            path: path(),
+            source,
+        },
+    )?;
+    let start = next_start.next_multiple_of(PMEM_ALIGN);
+    *next_start = start + backing.region_len();
+    // SAFETY: the mapping is owned by `backing`, which the caller keeps (in `VirtioDevices`)
+    // until the VM is dropped (builder::Vmm::run drops the VM first).
+    unsafe {
+        vm.register_region(
+            PMEM_FIRST_SLOT + index,
+            start,
+            backing.region_len(),
+            backing.host_addr(),
+            readonly_slot,
+        )
+    }
+    .map_err(|source| BuildError::PmemSlot {
+        path: path(),
+        source,
+    })?;
+    let pmem = Pmem::new(&backing, start).map_err(|source| BuildError::Pmem {
+        path: path(),
+        source,
+    })?;
+    Ok((pmem, backing))
 }
 
 /// A built microVM, ready to run.

@@ -210,6 +210,34 @@ fn busybox_initramfs(dir: &Path, dirs: &[&str], init: &str, applets: &[&str]) ->
     path
 }
 
+/// Boots a busybox guest (128 MiB) with the device flags `devices` until it reboots, checks
+/// the clean exit and that the console shows `done`; returns the console.
+fn run_device_guest(
+    dir: &Path,
+    initramfs: &Path,
+    devices: &[&std::ffi::OsStr],
+    done: &str,
+) -> String {
+    let serial = dir.join("serial.log");
+    let out = vmm_with_initrd(
+        initramfs,
+        "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet",
+        128,
+        &serial,
+    )
+    .args(devices)
+    .output()
+    .unwrap();
+    let console = std::fs::read_to_string(&serial).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{console}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(console.contains(done), "{console}");
+    console
+}
+
 /// The guest's /init for the block test: shows what it reads at the start of each disk,
 /// writes a marker at 4 KiB into each and reports dd's status, then reboots.
 const BLOCK_INIT: &str = r#"#!/bin/sh
@@ -250,26 +278,18 @@ fn guest_writes_reach_the_disk_file_and_a_read_only_disk_refuses_them() {
     let (rw, rw_before) = disk("rw.img", b"HOST-RW-DISK");
     let (ro, ro_before) = disk("ro.img", b"HOST-RO-DISK");
 
-    let serial = dir.path().join("serial.log");
-    let out = vmm_with_initrd(
+    let ro_arg = format!("{},ro", ro.display());
+    let console = run_device_guest(
+        dir.path(),
         &initramfs,
-        "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet",
-        128,
-        &serial,
-    )
-    .arg("--block")
-    .arg(&rw)
-    .arg("--block")
-    .arg(format!("{},ro", ro.display()))
-    .output()
-    .unwrap();
-    let console = std::fs::read_to_string(&serial).unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{console}",
-        String::from_utf8_lossy(&out.stderr)
+        &[
+            "--block".as_ref(),
+            rw.as_ref(),
+            "--block".as_ref(),
+            ro_arg.as_ref(),
+        ],
+        "BLOCK-TEST-DONE",
     );
-    assert!(console.contains("BLOCK-TEST-DONE"), "{console}");
 
     // The guest reads what the host put there and sees which disk is read-only.
     assert!(
@@ -334,26 +354,18 @@ fn pmem_root_image_mounts_with_dax_and_a_writable_region_reaches_its_file() {
     before[..12].copy_from_slice(b"HOST-RW-PMEM");
     std::fs::write(&rw, &before).unwrap();
 
-    let serial = dir.path().join("serial.log");
-    let out = vmm_with_initrd(
+    let root_arg = format!("{},ro", guest_file("rootfs.erofs").display());
+    let console = run_device_guest(
+        dir.path(),
         &initramfs,
-        "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet",
-        128,
-        &serial,
-    )
-    .arg("--pmem")
-    .arg(format!("{},ro", guest_file("rootfs.erofs").display()))
-    .arg("--pmem")
-    .arg(&rw)
-    .output()
-    .unwrap();
-    let console = std::fs::read_to_string(&serial).unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{console}",
-        String::from_utf8_lossy(&out.stderr)
+        &[
+            "--pmem".as_ref(),
+            root_arg.as_ref(),
+            "--pmem".as_ref(),
+            rw.as_ref(),
+        ],
+        "PMEM-TEST-DONE",
     );
-    assert!(console.contains("PMEM-TEST-DONE"), "{console}");
     // The root image is erofs on pmem0, mapped with DAX (no guest page cache), and holds the
     // agent's ELF binary as /init.
     assert!(console.contains("pmem0 mounted"), "{console}");

@@ -51,11 +51,18 @@ pub fn ours_command(vmm: &Path, guest: &Path) -> Command {
 /// IA32_ARCH_CAPABILITIES (MSR 0x10a) and QEMU aborts; the bare guest never reads it.
 pub fn peer_command(guest: &Path) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-M", "microvm", "-accel", "kvm", "-cpu", "host,-arch-capabilities"])
-        .args(["-m", &format!("{MEMORY_MIB}M"), "-smp", "1"])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-        .args(["-serial", "stdio", "-kernel"])
-        .arg(guest);
+    c.args([
+        "-M",
+        "microvm",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+    ])
+    .args(["-m", &format!("{MEMORY_MIB}M"), "-smp", "1"])
+    .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+    .args(["-serial", "stdio", "-kernel"])
+    .arg(guest);
     c
 }
 
