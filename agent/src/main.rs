@@ -7,6 +7,7 @@ mod console;
 mod containers;
 mod events;
 mod init;
+mod kernel_params;
 mod listener;
 mod logger;
 mod process;
@@ -69,6 +70,13 @@ fn run(args: &[String]) -> Result<()> {
     };
     let config = Config::parse(args, pid1, &cmdline)?;
     logger::init(config.debug);
+    if pid1 {
+        match kernel_params::apply(&cmdline) {
+            Ok(Some(order)) => log::debug!("free page reporting from order {order}"),
+            Ok(None) => {}
+            Err(e) => log::warn!("{e}"),
+        }
+    }
 
     // Before any thread exists, so every thread inherits the blocked SIGCHLD.
     let reaper = Arc::new(Reaper::new()?);

@@ -13,7 +13,7 @@ pub const DEFAULT_IMAGE_CACHE: &str = "/var/lib/sandbox/images";
 pub const DEFAULT_KERNEL: &str = "/usr/share/sandbox/vmlinux";
 pub const DEFAULT_ROOTFS: &str = "/usr/share/sandbox/rootfs.erofs";
 /// The guest kernel command line (docs/CONVENTIONS.md); the VMM appends its device entries.
-pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page noreplace-smp";
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page noreplace-smp page_reporting.page_reporting_order=0";
 /// What the command line gets for a root image: the first virtio-pmem device, erofs, with DAX.
 pub const IMAGE_ROOT_CMDLINE: &str =
     "root=/dev/pmem0 rootfstype=erofs rootflags=dax=always ro rootwait init=/init";
@@ -117,6 +117,15 @@ impl GuestRoot {
     fn path(&self) -> &Path {
         match self {
             GuestRoot::Image(p) | GuestRoot::Initrd(p) => p,
+        }
+    }
+
+    /// The guest device of the container's image, the virtio-pmem device after this root's
+    /// (`Vmm::spawn_with_disks`): pmem1 behind a root image, pmem0 with an initramfs.
+    pub fn container_image_device(&self) -> &'static str {
+        match self {
+            GuestRoot::Image(_) => "pmem1",
+            GuestRoot::Initrd(_) => "pmem0",
         }
     }
 }
@@ -254,6 +263,15 @@ mod tests {
         assert_eq!(
             args(GuestRoot::Initrd("/g/initramfs.cpio".into())),
             ["--initrd", "/g/initramfs.cpio", "--cmdline", KERNEL_CMDLINE]
+        );
+        // The container image is the next virtio-pmem device.
+        assert_eq!(
+            GuestRoot::Image("/g/rootfs.erofs".into()).container_image_device(),
+            "pmem1"
+        );
+        assert_eq!(
+            GuestRoot::Initrd("/g/initramfs.cpio".into()).container_image_device(),
+            "pmem0"
         );
     }
 

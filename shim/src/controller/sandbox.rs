@@ -23,10 +23,11 @@ use super::tty::{window_size, RawMode};
 use super::vm::{self, VmPaths, Vmm};
 use super::{signals, Error};
 
-/// The guest block device of the rootfs image (the first virtio-blk device).
-pub const ROOTFS_DEVICE: &str = "vda";
-/// Its filesystem.
+/// The container image's filesystem.
 pub const ROOTFS_FSTYPE: &str = "erofs";
+/// Mount options of the image on virtio-pmem: the guest maps its files from the host's page
+/// cache (shared by every sandbox with this image) instead of reading them into its own.
+pub const ROOTFS_PMEM_OPTIONS: &str = "dax=always";
 /// Deadline for reaching an agent that should already be up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -181,8 +182,9 @@ impl Sandbox {
             phases.mark("agent ready");
             client.create_sandbox(id, id, &[], &[])?;
             let rootfs = RootfsDevice {
-                device: ROOTFS_DEVICE.into(),
+                device: self.cfg.guest_root.container_image_device().into(),
                 fstype: ROOTFS_FSTYPE.into(),
+                options: vec![ROOTFS_PMEM_OPTIONS.into()],
                 ..RootfsDevice::default()
             };
             client.create_container(id, &spec.json, &rootfs, stdio, spec.terminal)?;
@@ -712,7 +714,7 @@ fn pod_slots(dir: &Path, slots: usize) -> Result<Vec<PathBuf>, Error> {
 }
 
 /// Takes the first unused slot of a pod for container `id`: its file and guest device
-/// (slot n is the disk after the image: vdb, vdc, ...).
+/// (slot n is the n-th virtio-blk disk: vda, vdb, ...; the pod's own image is on virtio-pmem).
 fn claim_slot(dir: &Path, id: &str) -> Result<(PathBuf, String), Error> {
     for n in 0.. {
         let slot = dir.join(format!("slot-{n}.img"));
@@ -727,7 +729,7 @@ fn claim_slot(dir: &Path, id: &str) -> Result<(PathBuf, String), Error> {
         {
             Ok(mut f) => {
                 let _ = std::io::Write::write_all(&mut f, id.as_bytes());
-                let device = format!("vd{}", (b'b' + n as u8) as char);
+                let device = format!("vd{}", (b'a' + n as u8) as char);
                 return Ok((slot, device));
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,

@@ -1,5 +1,5 @@
 //! The microVM of one container: `/dev/kvm` checks, spawning `sandbox-vmm` (rootfs image as a
-//! read-only virtio-blk, hybrid vsock, serial to a log), waiting for the agent, and stopping.
+//! read-only virtio-pmem, hybrid vsock, serial to a log), waiting for the agent, and stopping.
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -124,8 +124,9 @@ impl Vmm {
         Vmm::spawn_with_disks(cfg, cfg.memory_mib, paths, image, &[])
     }
 
-    /// `spawn` with `memory_mib` of guest RAM and more read-only disks after the image (vdb,
-    /// vdc, ... in the guest).
+    /// `spawn` with `memory_mib` of guest RAM, the container image as a read-only virtio-pmem
+    /// device after the root image's (the guest maps it with DAX) and read-only virtio-blk
+    /// disks (vda, vdb, ... in the guest).
     pub fn spawn_with_disks(
         cfg: &Config,
         memory_mib: u32,
@@ -156,7 +157,7 @@ impl Vmm {
             .arg(&paths.console_log)
             .arg("--api-sock")
             .arg(&paths.api)
-            .arg("--block")
+            .arg("--pmem")
             .arg(format!("{},ro", image.display()));
         for disk in disks {
             cmd.arg("--block").arg(format!("{},ro", disk.display()));

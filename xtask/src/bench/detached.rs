@@ -83,6 +83,29 @@ impl Detached {
         }
     }
 
+    /// The standard output of `sandbox exec ID ARGS` (a process in the running container).
+    pub fn exec_output(&self, id: &str, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(&self.sandbox)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .arg("--root")
+            .arg(self.root.path())
+            .args(["exec", id])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "`sandbox exec {id} {}` failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
     /// `sandbox run -d` of the sleeping container as `id`.
     pub fn start(&mut self, id: &str) -> Result<Started, String> {
         let before = pids();

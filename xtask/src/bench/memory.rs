@@ -8,6 +8,7 @@ use std::time::Duration;
 use indicatif::ProgressBar;
 use sandbox_tests::boot::BootConfig;
 
+use super::breakdown;
 use super::detached::{pids, Detached};
 use super::idle::{self, IdleVm};
 use super::measure::{self, Memory};
@@ -66,7 +67,18 @@ fn sandbox_once(sandbox: &Path, guest: &Guest, round: usize) -> Result<SandboxMe
             total.pss_kib += m.pss_kib;
             total.guest_kib = total.guest_kib.max(m.guest_rss_kib);
             total.processes += 1;
+            if let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) {
+                let groups = breakdown::describe_groups(&breakdown::vmm_groups(&smaps));
+                super::log::line(&format!("memory: sandbox {id}: pid {pid}: {groups}"));
+            }
         }
+    }
+    match detached.exec_output(&id, &["cat", "/proc/meminfo"]) {
+        Ok(m) => super::log::line(&format!(
+            "memory: sandbox {id}: guest MiB: {}",
+            breakdown::describe_meminfo(&m)
+        )),
+        Err(e) => super::log::line(&format!("memory: sandbox {id}: {e}")),
     }
     let errors = detached.delete_all();
     super::log::line(&format!(

@@ -2,6 +2,7 @@
 //! benchmarks here, Linux-booting ones in one lab VM; writes target/bench/report.{json,md} + PNGs.
 
 mod boot_to_agent;
+mod breakdown;
 mod density;
 mod detached;
 mod floor;

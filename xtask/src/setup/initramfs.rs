@@ -11,7 +11,7 @@ use anyhow::Context;
 use super::cache::{self, Cache};
 
 /// Bump when the archive layout written below changes.
-const RECIPE_VERSION: &str = "initramfs-recipe-3";
+const RECIPE_VERSION: &str = "initramfs-recipe-4";
 /// Initramfs builds kept in the cache (the current one included).
 const KEEP_IMAGES: usize = 5;
 /// The `file` source that stands for the static agent binary.
