@@ -33,7 +33,7 @@ pub fn page_reporting_order(cmdline: &str) -> Result<Option<u32>, Error> {
     match cmdline
         .split_whitespace()
         .filter_map(|w| w.strip_prefix(&prefix))
-        .last()
+        .next_back()
     {
         None => Ok(None),
         Some(v) => v

@@ -10,6 +10,7 @@ mod init;
 mod kernel_params;
 mod listener;
 mod logger;
+mod oom;
 mod process;
 mod processes;
 mod reaper;
@@ -35,10 +36,13 @@ use crate::processes::ProcessTable;
 use crate::reaper::Reaper;
 use crate::service::AgentService;
 
-/// How often the containers' cgroups are checked for OOM kills.
-const OOM_POLL_INTERVAL: Duration = Duration::from_millis(500);
-
 fn main() {
+    // One malloc arena: glibc otherwise gives each of the agent's threads an arena of its own,
+    // each keeping freed memory, which in the guest is RAM the host has to back.
+    // SAFETY: mallopt only sets an allocator parameter; no allocation is in flight yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(runtime_helper::FLAG) {
         std::process::exit(runtime_helper::main(&args[1..]));
@@ -118,6 +122,7 @@ fn run(args: &[String]) -> Result<()> {
         events,
         own_uts,
         shutdown: shutdown_tx,
+        oom: Arc::new(oom::OomWatch::new()?),
     };
     let service = Arc::new(service);
     let mut server = ttrpc::Server::new()
@@ -137,11 +142,11 @@ fn run(args: &[String]) -> Result<()> {
         thread::Builder::new()
             .name("oom-watch".into())
             .spawn(move || {
-                let mut seen = std::collections::HashMap::new();
-                loop {
-                    thread::sleep(OOM_POLL_INTERVAL);
-                    service.poll_oom(&mut seen);
-                }
+                let oom = service.oom.clone();
+                oom.run(
+                    || service.oom_watch_list(),
+                    |id, kills| service.report_oom(id, kills),
+                )
             })
             .context("starting the OOM watch thread")?;
     }

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::console::ConsoleSocket;
 use crate::containers::{self, Containers, RootfsSource};
 use crate::events::EventQueue;
+use crate::oom::OomWatch;
 use crate::process::{self, ProcessSpec, Spawned, StdioEnds, StdioPlan};
 use crate::processes::{self as table, Process, ProcessTable};
 use crate::reaper::{ExitStatus as Status, Reaper};
@@ -34,6 +35,8 @@ pub struct AgentService {
     pub own_uts: bool,
     /// Tells main to stop serving and power off (or exit on a host run).
     pub shutdown: Sender<()>,
+    /// Told when containers come or go.
+    pub oom: Arc<OomWatch>,
 }
 
 fn status(code: Code, message: impl ToString) -> ttrpc::Error {
@@ -223,6 +226,7 @@ impl AgentService {
         }
         self.processes.remove_container(id);
         self.containers.remove(id)?;
+        self.oom.containers_changed();
         Ok(())
     }
 
@@ -253,29 +257,29 @@ impl AgentService {
         Ok(Empty::new())
     }
 
-    /// Queues an OOM event for each container whose cgroup counted a new OOM kill since the
-    /// last call; `seen` carries the counts between calls.
-    pub fn poll_oom(&self, seen: &mut std::collections::HashMap<String, u64>) {
-        let ids = self.containers.ids();
-        seen.retain(|id, _| ids.contains(id));
-        for id in ids {
-            let Ok(container) = runtime::Container::load(&id, &self.containers.state_root()) else {
-                continue;
-            };
-            let Ok(counts) = container.events() else {
-                continue;
-            };
-            let kills = counts.get("oom_kill").copied().unwrap_or(0);
-            let before = seen.insert(id.clone(), kills).unwrap_or(0);
-            if kills > before {
-                log::warn!("container {id}: OOM kill (count {kills})");
-                let mut event = Event::new();
-                event.kind = EventKind::OOM.into();
-                event.container_id = id;
-                event.time_ms = uptime_ms();
-                self.events.push(event);
-            }
-        }
+    /// Every container's id and cgroup `memory.events` file, for the OOM watch.
+    pub fn oom_watch_list(&self) -> Vec<(String, std::path::PathBuf)> {
+        let root = self.containers.state_root();
+        self.containers
+            .ids()
+            .into_iter()
+            .filter_map(|id| {
+                let path = runtime::Container::load(&id, &root)
+                    .ok()?
+                    .memory_events_path()?;
+                Some((id, path))
+            })
+            .collect()
+    }
+
+    /// Queues an OOM event: container `id`'s cgroup counted `kills` OOM kills, more than before.
+    pub fn report_oom(&self, id: &str, kills: u64) {
+        log::warn!("container {id}: OOM kill (count {kills})");
+        let mut event = Event::new();
+        event.kind = EventKind::OOM.into();
+        event.container_id = id.to_string();
+        event.time_ms = uptime_ms();
+        self.events.push(event);
     }
 
     /// Removes every container (Shutdown): their cgroups and mounts go with them.
@@ -396,6 +400,7 @@ impl agent_ttrpc::Agent for AgentService {
                 return Err(e);
             }
         };
+        self.oom.containers_changed();
         log::info!("CreateContainer {id}: init pid {}", init.pid);
         let mut resp = CreateContainerResponse::new();
         resp.pid = init.pid.as_raw() as u32;

@@ -762,6 +762,15 @@ impl Container {
     }
 
     /// cgroup.events and memory.events (`oom`, `oom_kill`...).
+    /// The container cgroup's `memory.events` file (whose changes can be watched), if the
+    /// container has a cgroup.
+    pub fn memory_events_path(&self) -> Option<PathBuf> {
+        self.state
+            .cgroup_path
+            .as_ref()
+            .map(|p| p.join("memory.events"))
+    }
+
     pub fn events(&self) -> Result<HashMap<String, u64>> {
         Ok(self.cgroup()?.events()?)
     }

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 /// The agent's readiness line on the console (see docs/CONVENTIONS.md).
 pub const READY_MARKER: &str = "SANDBOX-AGENT-READY uptime_ms=";
 /// Kernel command line of the boot under our VMM (the controller's, shim::controller::config).
-pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page noreplace-smp page_reporting.page_reporting_order=0 quiet";
+pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page noreplace-smp page_reporting.page_reporting_order=0 slub_max_order=0 quiet";
 /// The same for QEMU microvm, which has no i8042 to reset through: a triple fault resets
 /// it, and `-no-reboot` turns the reset into QEMU's exit.
-pub const QEMU_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page noreplace-smp page_reporting.page_reporting_order=0 quiet";
+pub const QEMU_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page noreplace-smp page_reporting.page_reporting_order=0 slub_max_order=0 quiet";
 /// The root: the first pmem device, erofs, with DAX.
 pub const ROOT_CMDLINE: &str =
     "root=/dev/pmem0 rootfstype=erofs rootflags=dax=always ro rootwait init=/init";

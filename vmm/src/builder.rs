@@ -30,6 +30,7 @@ use crate::event_loop::{EventLoop, EventLoopError};
 use crate::vstate::memory::{
     create_guest_memory, map_or_copy_file, FileMapError, GuestMemoryMmap, MemoryError,
 };
+use crate::vstate::trim::HostRange;
 use crate::vstate::vcpu::{self, Vcpu, VcpuControl, VcpuError, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
 use crate::vstate::{ExitReason, ExitSignal};
@@ -303,11 +304,22 @@ pub fn create_vcpus(
 pub struct VirtioDevices {
     pub cmdline: Vec<String>,
     blocks: Vec<Arc<Mutex<Block>>>,
-    /// Held, never read: dropping one unmaps its region.
-    _pmem_backings: Vec<PmemBacking>,
+    /// Dropping one unmaps its region.
+    pmem_backings: Vec<PmemBacking>,
 }
 
 impl VirtioDevices {
+    /// Where the pmem regions are mapped in this process.
+    pub fn pmem_ranges(&self) -> Vec<HostRange> {
+        self.pmem_backings
+            .iter()
+            .map(|b| HostRange {
+                addr: b.host_addr() as usize,
+                len: b.region_len() as usize,
+            })
+            .collect()
+    }
+
     /// Flushes every block device to its backing file.
     pub fn flush(&mut self) {
         for block in &self.blocks {
@@ -383,7 +395,7 @@ pub fn attach_virtio_devices(
     Ok(VirtioDevices {
         cmdline: manager.cmdline_entries(),
         blocks,
-        _pmem_backings: pmem_backings,
+        pmem_backings,
     })
 }
 
@@ -553,6 +565,14 @@ impl Vmm {
             .map(Vcpu::start_threaded)
             .collect::<Result<_, _>>()?;
         let handles = Arc::new(handles);
+        let mut guest_ranges: Vec<HostRange> = mem
+            .iter()
+            .map(|r| HostRange {
+                addr: r.as_ptr() as usize,
+                len: r.len() as usize,
+            })
+            .collect();
+        guest_ranges.extend(devices.pmem_ranges());
         let devices = Arc::new(Mutex::new(devices));
         if let Some(api) = api {
             event_loop.add(api.into_subscriber(crate::api::VmControl {
@@ -561,6 +581,7 @@ impl Vmm {
                 vcpus: handles.clone(),
                 devices: devices.clone(),
                 i8042: legacy.i8042.clone(),
+                guest_ranges,
             }));
         }
         let result = event_loop.run_until_exit(|| {});

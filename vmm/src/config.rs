@@ -15,7 +15,7 @@ pub const MIN_MEMORY_MIB: u64 = 2;
 pub const MAX_MEMORY_MIB: u64 = 256 * 1024;
 /// Kernel command line used when none is given (docs/CONVENTIONS.md).
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page noreplace-smp page_reporting.page_reporting_order=0";
+    "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page noreplace-smp page_reporting.page_reporting_order=0 slub_max_order=0";
 /// Guest memory when none is given, in MiB.
 pub const DEFAULT_MEMORY_MIB: u64 = 256;
 

@@ -1,4 +1,4 @@
-//! The control API on a bare guest: state, pause/resume, flush-and-exit and shutdown
+//! The control API on a bare guest: state, pause/resume, trim, flush-and-exit and shutdown
 //! through the real binary's Unix socket, and the socket file removed on exit.
 mod common;
 
@@ -44,15 +44,16 @@ fn serial_len(path: &Path) -> u64 {
 }
 
 #[test]
-fn state_pause_resume_and_flush_and_exit() {
-    let g = GuestDir::new();
+fn state_pause_resume_trim_and_flush_and_exit() {
+    // The guest's code page is mapped from its file, as a real kernel's text is.
+    let g = GuestDir::mapped();
     let disk = g.path("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     // Two vCPUs: the second, never started by the guest, must park as well.
     let (child, mut api) = start(
         &g,
         "dots",
-        &["--block", disk.to_str().unwrap(), "--vcpus", "2"],
+        &["--block", disk.to_str().unwrap(), "--vcpus", "2", "--debug"],
     );
 
     assert_eq!(
@@ -74,6 +75,32 @@ fn state_pause_resume_and_flush_and_exit() {
         std::thread::yield_now();
     }
 
+    // trim unmaps the guest's file pages (its code, mapped from the kernel file) and the guest
+    // runs on: its next fetches map them again.
+    let trimmed = call(&mut api, "trim");
+    assert_eq!(trimmed["ok"], true, "{trimmed}");
+    assert_eq!(trimmed["state"], "running");
+    assert!(trimmed["released_kib"].as_u64().unwrap() >= 4, "{trimmed}");
+    let at_trim = serial_len(&serial);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while serial_len(&serial) == at_trim {
+        if std::time::Instant::now() > deadline {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the guest stopped running after the trim");
+        }
+        std::thread::yield_now();
+    }
+    // A paused VM stays paused through a trim.
+    call(&mut api, "pause");
+    assert_eq!(call(&mut api, "trim")["state"], "paused");
+    assert_eq!(call(&mut api, "resume")["state"], "running");
+    // A delayed trim answers at once and runs later (the log below has three trims).
+    let later = call(&mut api, r#"{"action": "trim", "delay_ms": 50}"#);
+    assert_eq!(later["trim_in_ms"], 50, "{later}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
     let bad = call(&mut api, "reboot");
     assert_eq!(bad["ok"], false);
     assert_eq!(bad["error"], "unknown action \"reboot\"");
@@ -83,11 +110,9 @@ fn state_pause_resume_and_flush_and_exit() {
         "exiting"
     );
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("api: trimmed").count(), 3, "{stderr}");
     assert!(
         !g.path("api.sock").exists(),
         "the API socket is removed on exit"

@@ -13,7 +13,7 @@ pub const DEFAULT_IMAGE_CACHE: &str = "/var/lib/sandbox/images";
 pub const DEFAULT_KERNEL: &str = "/usr/share/sandbox/vmlinux";
 pub const DEFAULT_ROOTFS: &str = "/usr/share/sandbox/rootfs.erofs";
 /// The guest kernel command line (docs/CONVENTIONS.md); the VMM appends its device entries.
-pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page noreplace-smp page_reporting.page_reporting_order=0";
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page noreplace-smp page_reporting.page_reporting_order=0 slub_max_order=0";
 /// What the command line gets for a root image: the first virtio-pmem device, erofs, with DAX.
 pub const IMAGE_ROOT_CMDLINE: &str =
     "root=/dev/pmem0 rootfstype=erofs rootflags=dax=always ro rootwait init=/init";

@@ -28,6 +28,9 @@ pub const ROOTFS_FSTYPE: &str = "erofs";
 /// Mount options of the image on virtio-pmem: the guest maps its files from the host's page
 /// cache (shared by every sandbox with this image) instead of reading them into its own.
 pub const ROOTFS_PMEM_OPTIONS: &str = "dax=always";
+/// How long after a detached start the VMM trims the guest's start-up pages: StartContainer
+/// returns before the container's process has executed its program.
+const TRIM_AFTER: Duration = Duration::from_secs(1);
 /// Deadline for reaching an agent that should already be up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -360,6 +363,7 @@ impl Sandbox {
         client.start_container(id)?;
         record.status = Status::Running;
         self.root.save(&record)?;
+        trim_vm(&record);
         Ok(())
     }
 
@@ -380,6 +384,7 @@ impl Sandbox {
         client.start_container(id)?;
         record.status = Status::Running;
         self.root.save(&record)?;
+        trim_vm(&record);
         Ok(record)
     }
 
@@ -711,6 +716,18 @@ fn pod_slots(dir: &Path, slots: usize) -> Result<Vec<PathBuf>, Error> {
             Ok(path)
         })
         .collect()
+}
+
+/// Once a detached container has run for [`TRIM_AFTER`], the VMM drops the kernel, agent and
+/// image pages the guest only needed to start (vm::trim_vm_later), so an idle sandbox holds
+/// its working set. Best effort: a VMM that cannot trim just keeps them.
+fn trim_vm(record: &Record) {
+    let Some(dir) = record.vsock.parent() else {
+        return;
+    };
+    if let Err(e) = vm::trim_vm_later(&VmPaths::new(dir).api, TRIM_AFTER) {
+        tracing::warn!("{}: {e}", record.id);
+    }
 }
 
 /// Takes the first unused slot of a pod for container `id`: its file and guest device

@@ -303,6 +303,27 @@ impl Vmm {
 /// Pauses (`true`) or resumes every vCPU of the VM through the VMM's control API: the
 /// whole pod stops, agent included, so no agent call answers until it is resumed.
 pub fn set_vm_paused(api: &Path, paused: bool) -> Result<(), Error> {
+    vm_api(api, if paused { "pause" } else { "resume" }).map(|_| ())
+}
+
+/// Has the VMM unmap, `delay` from now, the file pages the guest has only read (the kernel,
+/// agent and image pages of its start; docs/vmm-api.md): they stay in the host's page cache
+/// and come back on the guest's next touch.
+pub fn trim_vm_later(api: &Path, delay: Duration) -> Result<(), Error> {
+    let request = format!(
+        r#"{{"action": "trim", "delay_ms": {}}}"#,
+        delay.as_millis().max(1)
+    );
+    vm_request(api, "trim", &request).map(|_| ())
+}
+
+/// One request to the VMM's control API; its reply when `ok`.
+fn vm_api(api: &Path, action: &str) -> Result<serde_json::Value, Error> {
+    vm_request(api, action, &format!(r#"{{"action": "{action}"}}"#))
+}
+
+/// `request` (a JSON line asking for `action`) to the VMM's control API; its reply when `ok`.
+fn vm_request(api: &Path, action: &str, request: &str) -> Result<serde_json::Value, Error> {
     use std::io::{BufRead, BufReader, Write};
     let fail = |source: io::Error| Error::File {
         what: "VMM control socket",
@@ -311,8 +332,7 @@ pub fn set_vm_paused(api: &Path, paused: bool) -> Result<(), Error> {
     };
     let mut conn = std::os::unix::net::UnixStream::connect(api).map_err(fail)?;
     conn.set_read_timeout(Some(CALL_TIMEOUT)).map_err(fail)?;
-    let action = if paused { "pause" } else { "resume" };
-    conn.write_all(format!("{{\"action\": \"{action}\"}}\n").as_bytes())
+    conn.write_all(format!("{request}\n").as_bytes())
         .map_err(fail)?;
     let mut reply = String::new();
     BufReader::new(conn).read_line(&mut reply).map_err(fail)?;
@@ -323,7 +343,7 @@ pub fn set_vm_paused(api: &Path, paused: bool) -> Result<(), Error> {
         ))
     })?;
     if v["ok"] == true {
-        Ok(())
+        Ok(v)
     } else {
         Err(fail(io::Error::other(format!(
             "{action}: {}",
@@ -431,6 +451,7 @@ mod tests {
             for reply in [
                 r#"{"ok": true, "state": "paused"}"#,
                 r#"{"ok": false, "error": "nope"}"#,
+                r#"{"ok": true, "state": "running", "trim_in_ms": 1000}"#,
             ] {
                 let (conn, _) = listener.accept().unwrap();
                 let mut line = String::new();
@@ -443,9 +464,11 @@ mod tests {
         set_vm_paused(&api, true).unwrap();
         let err = set_vm_paused(&api, false).unwrap_err().to_string();
         assert!(err.contains("resume: nope"), "{err}");
+        trim_vm_later(&api, Duration::from_secs(1)).unwrap();
         let got = server.join().unwrap();
         assert_eq!(got[0].trim(), r#"{"action": "pause"}"#);
         assert_eq!(got[1].trim(), r#"{"action": "resume"}"#);
+        assert_eq!(got[2].trim(), r#"{"action": "trim", "delay_ms": 1000}"#);
         let err = set_vm_paused(&dir.path().join("absent"), true).unwrap_err();
         assert!(err.to_string().contains("absent"), "{err}");
     }

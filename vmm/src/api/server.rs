@@ -17,6 +17,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::builder::VirtioDevices;
 use crate::devices::legacy::I8042;
 use crate::event_loop::Subscriber;
+use crate::vstate::trim::{self, HostRange};
 use crate::vstate::vcpu::{self, VcpuControl, VcpuHandle};
 use crate::vstate::{ExitReason, ExitSignal};
 
@@ -44,6 +45,8 @@ pub struct VmControl {
     pub vcpus: Arc<Vec<VcpuHandle>>,
     pub devices: Arc<Mutex<VirtioDevices>>,
     pub i8042: Arc<Mutex<I8042>>,
+    /// Guest RAM and the pmem regions, for `trim`.
+    pub guest_ranges: Vec<HostRange>,
 }
 
 /// A request line: `{"action": "pause"}` or just `pause`.
@@ -53,6 +56,9 @@ struct Request {
     action: String,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// `trim`: run it this many milliseconds later instead of now.
+    #[serde(default)]
+    delay_ms: Option<u64>,
 }
 
 fn parse_request(line: &str) -> Result<Request, String> {
@@ -63,6 +69,7 @@ fn parse_request(line: &str) -> Result<Request, String> {
         Ok(Request {
             action: line.to_string(),
             timeout_ms: None,
+            delay_ms: None,
         })
     }
 }
@@ -89,6 +96,7 @@ pub struct ApiServerHandle {
     listener: UnixListener,
     path: SocketFile,
     shutdown_timer: TimerFd,
+    trim_timer: TimerFd,
 }
 
 impl ApiServerHandle {
@@ -106,10 +114,12 @@ impl ApiServerHandle {
                 source,
             })?;
         let shutdown_timer = TimerFd::new().map_err(ApiError::Timer)?;
+        let trim_timer = TimerFd::new().map_err(ApiError::Timer)?;
         Ok(Self {
             listener,
             path: file,
             shutdown_timer,
+            trim_timer,
         })
     }
 
@@ -125,6 +135,7 @@ impl ApiServerHandle {
             conns: HashMap::new(),
             vm,
             shutdown_timer: self.shutdown_timer,
+            trim_timer: self.trim_timer,
         }))
     }
 }
@@ -141,6 +152,7 @@ struct ApiServer {
     conns: HashMap<RawFd, Connection>,
     vm: VmControl,
     shutdown_timer: TimerFd,
+    trim_timer: TimerFd,
 }
 
 impl ApiServer {
@@ -179,12 +191,47 @@ impl ApiServer {
                     Err(e) => reply_err(&format!("cannot arm the shutdown timer: {e}")),
                 }
             }
+            "trim" => match req.delay_ms {
+                None | Some(0) => self.trim(),
+                Some(ms) => match self.trim_timer.reset(Duration::from_millis(ms), None) {
+                    Ok(()) => {
+                        serde_json::json!({"ok": true, "state": self.state(), "trim_in_ms": ms})
+                            .to_string()
+                    }
+                    Err(e) => reply_err(&format!("cannot arm the trim timer: {e}")),
+                },
+            },
             "flush-and-exit" => {
                 self.vm.devices.lock().expect("devices poisoned").flush();
                 self.vm.exit.request(ExitReason::ApiExit);
                 reply_ok("exiting")
             }
             other => reply_err(&format!("unknown action {other:?}")),
+        }
+    }
+
+    /// Unmaps the file pages the guest has only read (vstate::trim), with the vCPUs paused
+    /// for the while; answers how many KiB went.
+    fn trim(&mut self) -> String {
+        let was_paused = self.vm.control.is_paused();
+        if !was_paused {
+            vcpu::pause_vcpus(&self.vm.control, &self.vm.vcpus, &self.vm.exit);
+        }
+        // SAFETY: the ranges are this VM's guest RAM (anonymous, or the kernel and initrd files
+        // mapped private, never changed in place: docs/vmm-api.md) and its pmem regions (files
+        // mapped private read-only, or shared); the vCPUs are paused and the devices run on this
+        // thread, so nothing writes guest memory while the trim runs.
+        let result = unsafe { trim::trim(&self.vm.guest_ranges) };
+        if !was_paused {
+            vcpu::resume_vcpus(&self.vm.control);
+        }
+        match result {
+            Ok(bytes) => {
+                tracing::info!("api: trimmed {} KiB of guest file pages", bytes / 1024);
+                serde_json::json!({"ok": true, "state": self.state(), "released_kib": bytes / 1024})
+                    .to_string()
+            }
+            Err(e) => reply_err(&e.to_string()),
         }
     }
 
@@ -284,6 +331,9 @@ impl MutEventSubscriber for ApiServer {
         if let Err(e) = ops.add(Events::new(&self.shutdown_timer, EventSet::IN)) {
             tracing::error!(error = ?e, "api: cannot watch the shutdown timer");
         }
+        if let Err(e) = ops.add(Events::new(&self.trim_timer, EventSet::IN)) {
+            tracing::error!(error = ?e, "api: cannot watch the trim timer");
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -292,6 +342,9 @@ impl MutEventSubscriber for ApiServer {
             self.accept(ops);
         } else if fd == self.shutdown_timer.as_raw_fd() {
             self.shutdown_overdue();
+        } else if fd == self.trim_timer.as_raw_fd() {
+            let _ = self.trim_timer.wait();
+            self.trim();
         } else if !self.serve(fd) {
             let _ = ops.remove(Events::empty_raw(fd));
             self.conns.remove(&fd);
@@ -309,7 +362,8 @@ mod tests {
             parse_request("{\"action\": \"pause\"}\n").unwrap(),
             Request {
                 action: "pause".into(),
-                timeout_ms: None
+                timeout_ms: None,
+                delay_ms: None
             }
         );
         assert_eq!(parse_request("state\n").unwrap().action, "state");
@@ -318,6 +372,12 @@ mod tests {
                 .unwrap()
                 .timeout_ms,
             Some(10)
+        );
+        assert_eq!(
+            parse_request(r#"{"action":"trim","delay_ms":1000}"#)
+                .unwrap()
+                .delay_ms,
+            Some(1000)
         );
         assert!(parse_request("{\"verb\": \"x\"}")
             .unwrap_err()

@@ -2,6 +2,7 @@
 //! their threads, and the reason the VM stopped.
 pub mod exit;
 pub mod memory;
+pub mod trim;
 pub mod vcpu;
 pub mod vm;
 

@@ -53,6 +53,16 @@ pub const LOAD_ADDR: u64 = 0x10_0000;
 /// An ELF64 image with one PT_LOAD segment holding `code` at `LOAD_ADDR` and a PT_NOTE
 /// carrying XEN_ELFNOTE_PHYS32_ENTRY = `LOAD_ADDR` (the PVH entry).
 pub fn pvh_elf(code: &[u8]) -> Vec<u8> {
+    pvh_elf_with(code, 16, code.len())
+}
+
+/// [`pvh_elf`] with the code at a page-aligned file offset in a segment of two whole pages, so
+/// that the VMM maps its first page from the file (private, copy-on-write) instead of copying it.
+pub fn pvh_elf_mapped(code: &[u8]) -> Vec<u8> {
+    pvh_elf_with(code, 4096, 2 * 4096)
+}
+
+fn pvh_elf_with(code: &[u8], code_align: usize, segment: usize) -> Vec<u8> {
     const EHDR: usize = 64;
     const PHDR: usize = 56;
     let note_off = EHDR + 2 * PHDR;
@@ -62,7 +72,7 @@ pub fn pvh_elf(code: &[u8]) -> Vec<u8> {
     note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
     note.extend_from_slice(b"Xen\0");
     note.extend_from_slice(&(LOAD_ADDR as u32).to_le_bytes());
-    let code_off = (note_off + note.len()).next_multiple_of(16);
+    let code_off = (note_off + note.len()).next_multiple_of(code_align);
 
     let mut elf = Vec::new();
     elf.extend_from_slice(b"\x7fELF");
@@ -89,11 +99,12 @@ pub fn pvh_elf(code: &[u8]) -> Vec<u8> {
         elf.extend_from_slice(&(size as u64).to_le_bytes()); // memsz
         elf.extend_from_slice(&16u64.to_le_bytes()); // align
     };
-    phdr(&mut elf, 1, code_off, LOAD_ADDR, code.len()); // PT_LOAD
+    phdr(&mut elf, 1, code_off, LOAD_ADDR, segment); // PT_LOAD
     phdr(&mut elf, 4, note_off, 0, note.len()); // PT_NOTE
     elf.extend_from_slice(&note);
     elf.resize(code_off, 0);
     elf.extend_from_slice(code);
+    elf.resize(code_off + segment, 0);
     elf
 }
 
@@ -104,8 +115,17 @@ pub struct GuestDir {
 
 impl GuestDir {
     pub fn new() -> Self {
+        Self::with_kernel(pvh_elf(GUEST_CODE))
+    }
+
+    /// The test guest as an image whose code page the VMM maps from the file.
+    pub fn mapped() -> Self {
+        Self::with_kernel(pvh_elf_mapped(GUEST_CODE))
+    }
+
+    fn with_kernel(elf: Vec<u8>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("vmlinux"), pvh_elf(GUEST_CODE)).unwrap();
+        std::fs::write(dir.path().join("vmlinux"), elf).unwrap();
         Self { dir }
     }
 

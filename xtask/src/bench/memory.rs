@@ -80,6 +80,17 @@ fn sandbox_once(sandbox: &Path, guest: &Guest, round: usize) -> Result<SandboxMe
         )),
         Err(e) => super::log::line(&format!("memory: sandbox {id}: {e}")),
     }
+    // Threads in the guest (loadavg's fourth field counts all of them) and the boot-time
+    // hash tables the kernel sized from the guest's RAM.
+    let script = "cat /proc/loadavg; dmesg | grep -e 'hash table entries' -e 'Memory:'";
+    match detached.exec_output(&id, &["sh", "-c", script]) {
+        Ok(text) => {
+            for l in text.lines() {
+                super::log::line(&format!("memory: sandbox {id}: guest: {l}"));
+            }
+        }
+        Err(e) => super::log::line(&format!("memory: sandbox {id}: {e}")),
+    }
     let errors = detached.delete_all();
     super::log::line(&format!(
         "memory: sandbox {id}: {total:?}; delete errors: {errors:?}"

@@ -1,5 +1,8 @@
 //! The guest agent as a static binary: a build with the size-optimised `guest-agent` profile
-//! (workspace Cargo.toml) for the gnu target with crt-static.
+//! (workspace Cargo.toml) for the gnu target with crt-static, linked at a fixed address
+//! (`-C relocation-model=static`): a static PIE carries 270 KB of relocations and rewrites
+//! 200 KB of `.data.rel.ro` at every start, private pages in every guest; the fixed-address
+//! binary's read-only data stays the root image's shared pages.
 //! With an explicit --target, RUSTFLAGS reach only the target crates, not build scripts.
 
 use std::fs;
@@ -36,7 +39,10 @@ pub fn build(workspace: &Path) -> Result<PathBuf> {
         ])
         .arg("--target-dir")
         .arg(&target_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C relocation-model=static",
+        )
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
         .status()
