@@ -356,6 +356,16 @@ impl Sandbox {
         let _ = fs::remove_dir_all(&member);
     }
 
+    /// Once the container of VM `id` has run for [`TRIM_AFTER`], the VMM drops the kernel,
+    /// agent and image pages the guest only needed to start (vm::trim_vm_later), so an idle
+    /// sandbox holds its working set. Best effort: a VMM that cannot trim keeps them.
+    pub fn trim_vm_later(&self, id: &str) {
+        let paths = VmPaths::new(&self.root.container_dir(id));
+        if let Err(e) = vm::trim_vm_later(&paths.api, TRIM_AFTER) {
+            tracing::warn!("{id}: {e}");
+        }
+    }
+
     /// `start` of a created container.
     pub fn start(&self, id: &str) -> Result<(), Error> {
         let mut record = self.root.load(id)?;
@@ -363,7 +373,7 @@ impl Sandbox {
         client.start_container(id)?;
         record.status = Status::Running;
         self.root.save(&record)?;
-        trim_vm(&record);
+        self.trim_vm_later(id);
         Ok(())
     }
 
@@ -384,7 +394,7 @@ impl Sandbox {
         client.start_container(id)?;
         record.status = Status::Running;
         self.root.save(&record)?;
-        trim_vm(&record);
+        self.trim_vm_later(id);
         Ok(record)
     }
 
@@ -716,18 +726,6 @@ fn pod_slots(dir: &Path, slots: usize) -> Result<Vec<PathBuf>, Error> {
             Ok(path)
         })
         .collect()
-}
-
-/// Once a detached container has run for [`TRIM_AFTER`], the VMM drops the kernel, agent and
-/// image pages the guest only needed to start (vm::trim_vm_later), so an idle sandbox holds
-/// its working set. Best effort: a VMM that cannot trim just keeps them.
-fn trim_vm(record: &Record) {
-    let Some(dir) = record.vsock.parent() else {
-        return;
-    };
-    if let Err(e) = vm::trim_vm_later(&VmPaths::new(dir).api, TRIM_AFTER) {
-        tracing::warn!("{}: {e}", record.id);
-    }
 }
 
 /// Takes the first unused slot of a pod for container `id`: its file and guest device

@@ -112,6 +112,15 @@ impl Service {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The id of the VM a task runs in (its own, or its pod's).
+    fn vm_of(&self, id: &str) -> Option<String> {
+        let tasks = self.lock();
+        Some(match &tasks.get(id)?.backend {
+            Backend::Vm(_) => vm_id(id),
+            Backend::Member { pod_id, .. } => vm_id(pod_id),
+        })
+    }
+
     /// The agent client of the VM a task runs in.
     fn client(&self, id: &str) -> Result<AgentClient, ttrpc::Error> {
         let tasks = self.lock();
@@ -407,6 +416,14 @@ impl Service {
             }
         });
         self.watch_exit(client, id.to_string(), exec_id.to_string(), relays);
+        if exec_id.is_empty() {
+            // The VMM drops the pages the guest only needed to start (a request answered at
+            // once; off the executor all the same).
+            if let Some(vm) = self.vm_of(id) {
+                let sandbox = self.sandbox.clone();
+                std::thread::spawn(move || sandbox.trim_vm_later(&vm));
+            }
+        }
         Ok(api::StartResponse {
             pid,
             ..Default::default()

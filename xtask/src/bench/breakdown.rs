@@ -5,6 +5,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use super::measure::{field_kib, is_smaps_header};
+
 /// Resident and proportional KiB of a group of mappings, and how much of it is anonymous
 /// (for a private file mapping: the pages the guest wrote, copied from the file).
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -20,10 +22,7 @@ pub fn vmm_groups(smaps: &str) -> Vec<(String, Group)> {
     let mut current: Option<usize> = None;
     for line in smaps.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let is_header = words.len() >= 5
-            && words[0].contains('-')
-            && words[0].chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-        if is_header {
+        if is_smaps_header(&words) {
             let name = match words.get(5) {
                 Some(p) if p.starts_with('/') => Path::new(p)
                     .file_name()
@@ -44,16 +43,11 @@ pub fn vmm_groups(smaps: &str) -> Vec<(String, Group)> {
         let Some(g) = current.map(|i| &mut groups[i].1) else {
             continue;
         };
-        let value = |field: &str| {
-            line.strip_prefix(field)
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|n| n.parse::<u64>().ok())
-        };
-        if let Some(v) = value("Rss:") {
+        if let Some(v) = field_kib(line, "Rss:") {
             g.rss_kib += v;
-        } else if let Some(v) = value("Pss:") {
+        } else if let Some(v) = field_kib(line, "Pss:") {
             g.pss_kib += v;
-        } else if let Some(v) = value("Anonymous:") {
+        } else if let Some(v) = field_kib(line, "Anonymous:") {
             g.anon_kib += v;
         }
     }

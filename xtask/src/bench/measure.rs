@@ -132,6 +132,8 @@ pub fn run(cmd: &mut Command) -> Result<Exit, Error> {
 pub struct Memory {
     /// Proportional set size of the whole process (guest RAM included), KiB.
     pub pss_kib: u64,
+    /// Its part in file pages (the kernel and images mapped into the guest, the binary), KiB.
+    pub pss_file_kib: u64,
     /// Resident guest RAM, KiB: see [`guest_rss_kib`].
     pub guest_rss_kib: u64,
 }
@@ -144,10 +146,12 @@ impl Memory {
     /// [`Memory::of`] a VMM that may map `guest_files` (kernel, initrd, pmem images) into guest RAM.
     pub fn of_vm(pid: u32, guest_files: &[&Path]) -> Result<Memory, Error> {
         let rollup = format!("/proc/{pid}/smaps_rollup");
-        let pss_kib = field_kib(&read(&rollup)?, "Pss:").ok_or(Error::Field {
+        let text = read(&rollup)?;
+        let pss_kib = field_kib(&text, "Pss:").ok_or(Error::Field {
             path: rollup,
             field: "Pss:",
         })?;
+        let pss_file_kib = field_kib(&text, "Pss_File:").unwrap_or(0);
         let smaps = format!("/proc/{pid}/smaps");
         let files: Vec<PathBuf> = guest_files
             .iter()
@@ -156,6 +160,7 @@ impl Memory {
         let guest_rss_kib = guest_rss_kib(&read(&smaps)?, &files);
         Ok(Memory {
             pss_kib,
+            pss_file_kib,
             guest_rss_kib,
         })
     }
@@ -176,8 +181,16 @@ fn read(path: &str) -> Result<String, Error> {
     })
 }
 
+/// Whether the words of a /proc/PID/smaps line are a mapping's header
+/// (`start-end perms offset dev inode [path]`) rather than one of its `Field: value` lines.
+pub fn is_smaps_header(words: &[&str]) -> bool {
+    words.len() >= 5
+        && words[0].contains('-')
+        && words[0].chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
 /// The value of a `Name:   123 kB` line.
-fn field_kib(text: &str, name: &str) -> Option<u64> {
+pub fn field_kib(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name))
         .and_then(|rest| rest.split_whitespace().next())
@@ -193,10 +206,7 @@ fn guest_rss_kib(smaps: &str, guest_files: &[PathBuf]) -> u64 {
     let mut maps: Vec<(bool, u64, u64)> = Vec::new();
     for line in smaps.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let is_header = words.len() >= 5
-            && words[0].contains('-')
-            && words[0].chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-        if is_header {
+        if is_smaps_header(&words) {
             let counted = words[1] == "rw-p"
                 && match words.get(5) {
                     None => true,

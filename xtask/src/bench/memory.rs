@@ -46,6 +46,8 @@ pub fn measure_once(config: &BootConfig, label: &str) -> Result<Memory, Error> {
 #[derive(Debug, Clone, Copy)]
 struct SandboxMemory {
     pss_kib: u64,
+    /// The part of `pss_kib` in file pages.
+    pss_file_kib: u64,
     guest_kib: u64,
     processes: usize,
 }
@@ -59,12 +61,14 @@ fn sandbox_once(sandbox: &Path, guest: &Guest, round: usize) -> Result<SandboxMe
     thread::sleep(SETTLE);
     let mut total = SandboxMemory {
         pss_kib: 0,
+        pss_file_kib: 0,
         guest_kib: 0,
         processes: 0,
     };
     for pid in pids().intersection(&started.pids.iter().copied().collect()) {
         if let Ok(m) = Memory::of_vm(*pid, &[&guest.vmlinux, &guest.rootfs]) {
             total.pss_kib += m.pss_kib;
+            total.pss_file_kib += m.pss_file_kib;
             total.guest_kib = total.guest_kib.max(m.guest_rss_kib);
             total.processes += 1;
             if let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) {
@@ -132,12 +136,18 @@ pub fn run(sandbox: &Path, guest: &Guest, rounds: usize, bar: &ProgressBar) -> R
             None => {
                 let mib: Vec<f64> = full.iter().map(|m| m.pss_kib as f64 / 1024.0).collect();
                 let ours_guest = median(full.iter().map(|m| m.guest_kib as f64 / 1024.0).collect());
+                let ours_file = median(
+                    full.iter()
+                        .map(|m| m.pss_file_kib as f64 / 1024.0)
+                        .collect(),
+                );
                 Row::measured(name, "MiB", &mib, PEER, &pss(&p))
                     .expect("rounds >= 1")
                     .notes(format!(
                         "ours: `sandbox run -d` of busybox `sleep 3600`, idle {} s, PSS \
                          (smaps_rollup) of every host process it left running ({} of them), \
-                         guest RAM touched {ours_guest:.1} MiB of it; peer: QEMU microvm with \
+                         guest RAM touched {ours_guest:.1} MiB of it, file pages (kernel, images, \
+                         binary) {ours_file:.1} MiB of it; peer: QEMU microvm with \
                          the same kernel + root image booted to agent-ready and idle (no \
                          container), guest RAM {peer_guest:.1} MiB; {} MiB guests",
                         SETTLE.as_secs(),
