@@ -303,7 +303,8 @@ impl Vmm {
 /// Pauses (`true`) or resumes every vCPU of the VM through the VMM's control API: the
 /// whole pod stops, agent included, so no agent call answers until it is resumed.
 pub fn set_vm_paused(api: &Path, paused: bool) -> Result<(), Error> {
-    vm_api(api, if paused { "pause" } else { "resume" }).map(|_| ())
+    let action = if paused { "pause" } else { "resume" };
+    vm_request(api, action, &format!(r#"{{"action": "{action}"}}"#)).map(|_| ())
 }
 
 /// Has the VMM unmap, `delay` from now, the file pages the guest has only read (the kernel,
@@ -315,11 +316,6 @@ pub fn trim_vm_later(api: &Path, delay: Duration) -> Result<(), Error> {
         delay.as_millis().max(1)
     );
     vm_request(api, "trim", &request).map(|_| ())
-}
-
-/// One request to the VMM's control API; its reply when `ok`.
-fn vm_api(api: &Path, action: &str) -> Result<serde_json::Value, Error> {
-    vm_request(api, action, &format!(r#"{{"action": "{action}"}}"#))
 }
 
 /// `request` (a JSON line asking for `action`) to the VMM's control API; its reply when `ok`.

@@ -77,19 +77,18 @@ fn sandbox_once(sandbox: &Path, guest: &Guest, round: usize) -> Result<SandboxMe
             }
         }
     }
-    match detached.exec_output(&id, &["cat", "/proc/meminfo"]) {
-        Ok(m) => super::log::line(&format!(
-            "memory: sandbox {id}: guest MiB: {}",
-            breakdown::describe_meminfo(&m)
-        )),
-        Err(e) => super::log::line(&format!("memory: sandbox {id}: {e}")),
-    }
-    // Threads in the guest (loadavg's fourth field counts all of them) and the boot-time
-    // hash tables the kernel sized from the guest's RAM.
-    let script = "cat /proc/loadavg; dmesg | grep -e 'hash table entries' -e 'Memory:'";
+    // In one exec: the guest's meminfo, then its thread count (loadavg's fourth field counts
+    // all of them) and the boot-time hash tables the kernel sized from the guest's RAM.
+    let script = "cat /proc/meminfo; echo ---; cat /proc/loadavg; \
+                  dmesg | grep -e 'hash table entries' -e 'Memory:'";
     match detached.exec_output(&id, &["sh", "-c", script]) {
         Ok(text) => {
-            for l in text.lines() {
+            let (meminfo, rest) = text.split_once("---\n").unwrap_or((&text, ""));
+            super::log::line(&format!(
+                "memory: sandbox {id}: guest MiB: {}",
+                breakdown::describe_meminfo(meminfo)
+            ));
+            for l in rest.lines() {
                 super::log::line(&format!("memory: sandbox {id}: guest: {l}"));
             }
         }
