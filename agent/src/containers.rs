@@ -15,8 +15,8 @@ use thiserror::Error;
 /// Errors preparing or removing a container's filesystem.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("container id {0:?}: use letters, digits, '_', '.', '+', '-'")]
-    BadId(String),
+    #[error(transparent)]
+    BadId(#[from] runtime::container_id::InvalidId),
     #[error("container {0} already exists")]
     Exists(String),
     #[error("container {0} does not exist")]
@@ -123,9 +123,7 @@ impl Containers {
         rootfs: &RootfsSource,
         terminal: bool,
     ) -> Result<PathBuf, Error> {
-        if !valid_id(id) {
-            return Err(Error::BadId(id.to_string()));
-        }
+        runtime::container_id::validate(id)?;
         let mut bundles = self.lock();
         if bundles.contains_key(id) {
             return Err(Error::Exists(id.to_string()));
@@ -164,16 +162,6 @@ impl Containers {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Bundle>> {
         self.bundles.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id != "."
-        && id != ".."
-        && id.len() <= 1024
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.+-".contains(c))
 }
 
 /// The host's config.json with root.path set to our overlay and process.terminal as asked.
@@ -333,9 +321,9 @@ mod tests {
 
     #[test]
     fn ids_and_devices() {
-        assert!(valid_id("c1.a_b+c-d"));
-        assert!(!valid_id("../x"));
-        assert!(!valid_id(""));
+        assert!(runtime::container_id::validate("c1.a_b+c-d").is_ok());
+        assert!(runtime::container_id::validate("../x").is_err());
+        assert!(runtime::container_id::validate("").is_err());
         assert_eq!(device_path("vdb"), "/dev/vdb");
         assert_eq!(device_path("/dev/vdc"), "/dev/vdc");
     }

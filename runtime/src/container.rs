@@ -24,9 +24,9 @@ pub(crate) const EXEC_FIFO: &str = "exec.fifo";
 /// Lifecycle errors. Displayed as one line naming the container, field or file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The id is empty or has characters other than `[A-Za-z0-9_.+-]`.
-    #[error("invalid container id {0:?}: use letters, digits, '_', '.', '+', '-'")]
-    InvalidId(String),
+    /// The id breaks [`crate::container_id`]'s rule.
+    #[error(transparent)]
+    InvalidId(#[from] crate::container_id::InvalidId),
     /// A container with this id exists in the state root.
     #[error("container {0} already exists")]
     Exists(String),
@@ -119,16 +119,6 @@ pub struct Container {
     init_chan: Option<Channel>,
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id != "."
-        && id != ".."
-        && id.len() <= 1024
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.+-".contains(c))
-}
-
 fn owner() -> String {
     let uid = nix::unistd::getuid();
     nix::unistd::User::from_uid(uid)
@@ -191,9 +181,7 @@ impl Container {
         state_root: &Path,
         opts: &CreateOptions,
     ) -> Result<Container> {
-        if !valid_id(id) {
-            return Err(Error::InvalidId(id.into()));
-        }
+        crate::container_id::validate(id)?;
         let dir = state_root.join(id);
         if dir.exists() {
             return Err(Error::Exists(id.into()));
@@ -426,9 +414,7 @@ impl Container {
 
     /// Loads container `id` from `state_root`.
     pub fn load(id: &str, state_root: &Path) -> Result<Container> {
-        if !valid_id(id) {
-            return Err(Error::InvalidId(id.into()));
-        }
+        crate::container_id::validate(id)?;
         let dir = state_root.join(id);
         if !dir.join("state.json").exists() {
             return Err(Error::NotFound(id.into()));

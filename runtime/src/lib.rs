@@ -15,6 +15,7 @@
 pub mod capabilities;
 pub mod cgroups;
 pub mod container;
+pub mod container_id;
 pub mod hooks;
 pub mod namespaces;
 pub mod process;

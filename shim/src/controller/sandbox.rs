@@ -149,6 +149,7 @@ impl Sandbox {
         };
         let mut vmm: Option<Vmm> = None;
         let result = (|| {
+            paths.check_socket_paths()?;
             self.root.save(&record)?;
             self.cfg.check_guest()?;
             vm::check_kvm()?;

@@ -14,8 +14,8 @@ pub const STATE_FILE: &str = "state.json";
 /// Errors reading or writing state.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("container id {0:?}: use letters, digits, '_', '.', '+', '-' (at most 64)")]
-    BadId(String),
+    #[error(transparent)]
+    BadId(#[from] runtime::container_id::InvalidId),
     #[error("container {0} already exists")]
     Exists(String),
     #[error("container {0} does not exist")]
@@ -105,9 +105,7 @@ impl Root {
 
     /// Creates the directory of a new container; fails if it exists.
     pub fn reserve(&self, id: &str) -> Result<PathBuf, Error> {
-        if !valid_id(id) {
-            return Err(Error::BadId(id.to_string()));
-        }
+        runtime::container_id::validate(id)?;
         fs::create_dir_all(&self.dir).map_err(|source| Error::Io {
             path: self.dir.clone(),
             source,
@@ -138,7 +136,7 @@ impl Root {
 
     /// Reads the record of `id`.
     pub fn load(&self, id: &str) -> Result<Record, Error> {
-        if !valid_id(id) {
+        if runtime::container_id::validate(id).is_err() {
             return Err(Error::NotFound(id.to_string()));
         }
         let path = self.container_dir(id).join(STATE_FILE);
@@ -182,17 +180,6 @@ impl Root {
             Err(source) => Err(Error::Io { path: dir, source }),
         }
     }
-}
-
-/// runc's rule for ids, with a length limit that keeps socket paths short.
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id != "."
-        && id != ".."
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.+-".contains(c))
 }
 
 /// A fresh id: `sbx-` and 12 random hex digits.
@@ -294,7 +281,7 @@ mod tests {
         assert_eq!(rfc3339(1_709_210_096, 5), "2024-02-29T12:34:56.000000005Z");
         let a = generate_id();
         assert!(
-            valid_id(&a) && a.starts_with("sbx-") && a.len() == 16,
+            runtime::container_id::validate(&a).is_ok() && a.starts_with("sbx-") && a.len() == 16,
             "{a}"
         );
         assert_ne!(a, generate_id());

@@ -39,6 +39,8 @@ pub enum Error {
     KvmOpen { source: io::Error },
     #[error("{KVM_DEVICE} has no hardware virtualisation (no vmx/svm in /proc/cpuinfo): it cannot boot the Linux guest; run on a KVM host or in the lab (cargo xtask lab)")]
     KvmNoHardware,
+    #[error("socket path {} is {len} bytes, more than a Unix socket address holds ({SUN_PATH_MAX}): use a shorter container id or state root", .path.display())]
+    SocketPathTooLong { path: PathBuf, len: usize },
     #[error("cannot start {vmm}: {source}")]
     Spawn { vmm: PathBuf, source: io::Error },
     #[error("{what} {path}: {source}")]
@@ -105,7 +107,25 @@ pub struct VmPaths {
     pub ready: PathBuf,
 }
 
+/// Longest path a Unix socket address holds (`sun_path` less its terminating NUL).
+pub const SUN_PATH_MAX: usize = 107;
+
 impl VmPaths {
+    /// Fails when a socket path (the longest is the agent's ready socket) does not fit in a
+    /// Unix socket address: a long container id or state root.
+    pub fn check_socket_paths(&self) -> Result<(), Error> {
+        for path in [&self.vsock, &self.api, &self.ready] {
+            let len = path.as_os_str().len();
+            if len > SUN_PATH_MAX {
+                return Err(Error::SocketPathTooLong {
+                    path: path.clone(),
+                    len,
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn new(dir: &Path) -> VmPaths {
         let vsock = dir.join("vsock.sock");
         VmPaths {
@@ -425,6 +445,15 @@ fn wait_ready(listener: &UnixListener, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_paths_must_fit_a_unix_socket_address() {
+        let short = VmPaths::new(Path::new("/run/sandbox").join("a".repeat(64)).as_path());
+        short.check_socket_paths().unwrap();
+        let long = VmPaths::new(Path::new("/run/sandbox").join("a".repeat(80)).as_path());
+        let err = long.check_socket_paths().unwrap_err().to_string();
+        assert!(err.contains("vsock.sock_1026") && err.contains("shorter"), "{err}");
+    }
 
     #[test]
     fn start_time_identifies_this_process() {

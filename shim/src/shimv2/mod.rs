@@ -42,7 +42,7 @@ const MAX_PLAIN_ID: usize = 40;
 /// The name a task has in the controller's state root and in the guest: its id, or for a long
 /// (or unusual) id a digest of it, the same every time (so `delete` finds it after a crash).
 pub fn vm_id(id: &str) -> String {
-    if id.len() <= MAX_PLAIN_ID && crate::controller::state::valid_id(id) {
+    if id.len() <= MAX_PLAIN_ID && runtime::container_id::validate(id).is_ok() {
         return id.to_string();
     }
     use sha2::Digest;
@@ -61,7 +61,7 @@ mod tests {
         let short = vm_id(cri);
         assert_eq!(short, vm_id(cri));
         assert!(short.len() <= MAX_PLAIN_ID, "{short}");
-        assert!(crate::controller::state::valid_id(&short));
+        assert!(runtime::container_id::validate(&short).is_ok());
         assert_ne!(short, vm_id(&cri.replace('e', "f")));
     }
 }
