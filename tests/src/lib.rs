@@ -8,3 +8,4 @@ pub mod bundle;
 pub mod containerd;
 pub mod image;
 pub mod lab;
+pub mod prereq;

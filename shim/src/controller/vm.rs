@@ -452,7 +452,10 @@ mod tests {
         short.check_socket_paths().unwrap();
         let long = VmPaths::new(Path::new("/run/sandbox").join("a".repeat(80)).as_path());
         let err = long.check_socket_paths().unwrap_err().to_string();
-        assert!(err.contains("vsock.sock_1026") && err.contains("shorter"), "{err}");
+        assert!(
+            err.contains("vsock.sock_1026") && err.contains("shorter"),
+            "{err}"
+        );
     }
 
     #[test]
