@@ -12,7 +12,7 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::kernel::{load_pvh_elf, KernelError};
 use crate::arch::layout::{
-    pmem_start, CMDLINE_MAX_SIZE, CMDLINE_START, MMIO_GAP_START, PMEM_ALIGN,
+    pmem_start, CMDLINE_MAX_SIZE, CMDLINE_START, MMIO_GAP_START, PAGE_SIZE, PMEM_ALIGN,
 };
 use crate::arch::mptable::{self, MptableError};
 use crate::arch::pvh::{configure_pvh, InitrdRegion, PvhError};
@@ -220,7 +220,7 @@ pub fn load_initrd(
         .unwrap_or(0);
     let address = low_end
         .checked_sub(size)
-        .map(|a| a & !0xfff)
+        .map(|a| a & !(PAGE_SIZE - 1))
         .filter(|&a| a >= kernel_end)
         .ok_or_else(|| BuildError::InitrdTooLarge {
             path: path.to_path_buf(),

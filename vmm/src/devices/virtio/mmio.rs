@@ -6,8 +6,14 @@ use std::sync::{Arc, Mutex};
 use tracing::{debug, warn};
 use virtio_queue::{Queue, QueueT};
 
-use super::features::VIRTIO_F_VERSION_1;
-use super::status::*;
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE as ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER as DRIVER,
+    VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK, VIRTIO_CONFIG_S_FAILED as FAILED,
+    VIRTIO_CONFIG_S_FEATURES_OK as FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET as DEVICE_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+};
+use virtio_bindings::virtio_mmio::*;
+
 use super::{GuestMemoryMmap, IrqTrigger, VirtioDevice};
 use crate::devices::BusDevice;
 
@@ -20,38 +26,9 @@ pub const VENDOR_ID: u32 = 0x5342_4f58;
 /// Size of the register window of one device.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 /// Offset of the QueueNotify register, where the ioeventfds are registered.
-pub const NOTIFY_REG_OFFSET: u64 = 0x50;
+pub const NOTIFY_REG_OFFSET: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 /// Offset where the device configuration space starts.
-pub const CONFIG_SPACE_OFFSET: u64 = 0x100;
-
-mod reg {
-    pub const MAGIC_VALUE: u64 = 0x00;
-    pub const VERSION: u64 = 0x04;
-    pub const DEVICE_ID: u64 = 0x08;
-    pub const VENDOR_ID: u64 = 0x0c;
-    pub const DEVICE_FEATURES: u64 = 0x10;
-    pub const DEVICE_FEATURES_SEL: u64 = 0x14;
-    pub const DRIVER_FEATURES: u64 = 0x20;
-    pub const DRIVER_FEATURES_SEL: u64 = 0x24;
-    pub const QUEUE_SEL: u64 = 0x30;
-    pub const QUEUE_NUM_MAX: u64 = 0x34;
-    pub const QUEUE_NUM: u64 = 0x38;
-    pub const QUEUE_READY: u64 = 0x44;
-    pub const QUEUE_NOTIFY: u64 = 0x50;
-    pub const INTERRUPT_STATUS: u64 = 0x60;
-    pub const INTERRUPT_ACK: u64 = 0x64;
-    pub const STATUS: u64 = 0x70;
-    pub const QUEUE_DESC_LOW: u64 = 0x80;
-    pub const QUEUE_DESC_HIGH: u64 = 0x84;
-    pub const QUEUE_DRIVER_LOW: u64 = 0x90;
-    pub const QUEUE_DRIVER_HIGH: u64 = 0x94;
-    pub const QUEUE_DEVICE_LOW: u64 = 0xa0;
-    pub const QUEUE_DEVICE_HIGH: u64 = 0xa4;
-    pub const SHM_SEL: u64 = 0xac;
-    pub const SHM_LEN_LOW: u64 = 0xb0;
-    pub const SHM_LEN_HIGH: u64 = 0xb4;
-    pub const CONFIG_GENERATION: u64 = 0xfc;
-}
+pub const CONFIG_SPACE_OFFSET: u64 = VIRTIO_MMIO_CONFIG as u64;
 
 /// One virtio device behind its MMIO register window.
 pub struct MmioTransport {
@@ -144,14 +121,14 @@ impl MmioTransport {
         }
     }
 
-    fn read_register(&self, offset: u64) -> u32 {
+    fn read_register(&self, offset: u32) -> u32 {
         let queue = self.queues.get(self.queue_select as usize);
         match offset {
-            reg::MAGIC_VALUE => MMIO_MAGIC_VALUE,
-            reg::VERSION => MMIO_VERSION,
-            reg::DEVICE_ID => self.locked_device().device_type(),
-            reg::VENDOR_ID => VENDOR_ID,
-            reg::DEVICE_FEATURES => {
+            VIRTIO_MMIO_MAGIC_VALUE => MMIO_MAGIC_VALUE,
+            VIRTIO_MMIO_VERSION => MMIO_VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.locked_device().device_type(),
+            VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => {
                 let features = self.locked_device().avail_features();
                 match self.device_features_select {
                     0 => features as u32,
@@ -159,13 +136,13 @@ impl MmioTransport {
                     _ => 0,
                 }
             }
-            reg::QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
-            reg::QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
-            reg::INTERRUPT_STATUS => self.interrupt.status(),
-            reg::STATUS => self.driver_status,
+            VIRTIO_MMIO_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
+            VIRTIO_MMIO_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_STATUS => self.driver_status,
             // No shared memory regions: a length of all ones means "absent".
-            reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH => u32::MAX,
-            reg::CONFIG_GENERATION => self.config_generation,
+            VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX,
+            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
             _ => {
                 debug!(
                     offset,
@@ -176,36 +153,36 @@ impl MmioTransport {
         }
     }
 
-    fn write_register(&mut self, offset: u64, value: u32) {
+    fn write_register(&mut self, offset: u32, value: u32) {
         match offset {
-            reg::DEVICE_FEATURES_SEL => self.device_features_select = value,
-            reg::DRIVER_FEATURES_SEL => self.driver_features_select = value,
-            reg::DRIVER_FEATURES => self.write_driver_features(value),
-            reg::QUEUE_SEL => self.queue_select = value,
-            reg::QUEUE_NUM => self.update_queue(|q| q.set_size(value as u16)),
-            reg::QUEUE_READY => self.update_queue(|q| q.set_ready(value == 1)),
-            reg::QUEUE_DESC_LOW => {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES => self.write_driver_features(value),
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_select = value,
+            VIRTIO_MMIO_QUEUE_NUM => self.update_queue(|q| q.set_size(value as u16)),
+            VIRTIO_MMIO_QUEUE_READY => self.update_queue(|q| q.set_ready(value == 1)),
+            VIRTIO_MMIO_QUEUE_DESC_LOW => {
                 self.update_queue(|q| q.set_desc_table_address(Some(value), None))
             }
-            reg::QUEUE_DESC_HIGH => {
+            VIRTIO_MMIO_QUEUE_DESC_HIGH => {
                 self.update_queue(|q| q.set_desc_table_address(None, Some(value)))
             }
-            reg::QUEUE_DRIVER_LOW => {
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => {
                 self.update_queue(|q| q.set_avail_ring_address(Some(value), None))
             }
-            reg::QUEUE_DRIVER_HIGH => {
+            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => {
                 self.update_queue(|q| q.set_avail_ring_address(None, Some(value)))
             }
-            reg::QUEUE_DEVICE_LOW => {
+            VIRTIO_MMIO_QUEUE_USED_LOW => {
                 self.update_queue(|q| q.set_used_ring_address(Some(value), None))
             }
-            reg::QUEUE_DEVICE_HIGH => {
+            VIRTIO_MMIO_QUEUE_USED_HIGH => {
                 self.update_queue(|q| q.set_used_ring_address(None, Some(value)))
             }
-            reg::QUEUE_NOTIFY => self.notify_queue(value),
-            reg::INTERRUPT_ACK => self.interrupt.ack(value),
-            reg::STATUS => self.write_status(value),
-            reg::SHM_SEL => {}
+            VIRTIO_MMIO_QUEUE_NOTIFY => self.notify_queue(value),
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
+            VIRTIO_MMIO_STATUS => self.write_status(value),
+            VIRTIO_MMIO_SHM_SEL => {}
             _ => debug!(
                 offset,
                 value, "virtio-mmio: write to an unknown or read-only register"
@@ -375,7 +352,8 @@ impl BusDevice for MmioTransport {
             data.fill(0);
             return;
         }
-        data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+        // Below CONFIG_SPACE_OFFSET (0x100), so the offset fits in 32 bits.
+        data.copy_from_slice(&self.read_register(offset as u32).to_le_bytes());
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -404,7 +382,8 @@ impl BusDevice for MmioTransport {
             warn!(offset, "virtio-mmio: unaligned register write");
             return;
         }
-        self.write_register(offset, u32::from_le_bytes(bytes));
+        // Below CONFIG_SPACE_OFFSET (0x100), so the offset fits in 32 bits.
+        self.write_register(offset as u32, u32::from_le_bytes(bytes));
     }
 }
 
@@ -495,59 +474,62 @@ mod tests {
         (t, dev)
     }
 
-    fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+    fn rd(t: &mut MmioTransport, off: u32) -> u32 {
         let mut b = [0u8; 4];
-        t.read(off, &mut b);
+        t.read(u64::from(off), &mut b);
         u32::from_le_bytes(b)
     }
 
-    fn wr(t: &mut MmioTransport, off: u64, v: u32) {
-        t.write(off, &v.to_le_bytes());
+    fn wr(t: &mut MmioTransport, off: u32, v: u32) {
+        t.write(u64::from(off), &v.to_le_bytes());
     }
 
     /// Drives the driver side up to FEATURES_OK and sets up both queues.
     fn negotiate(t: &mut MmioTransport) {
-        wr(t, reg::STATUS, ACKNOWLEDGE);
-        wr(t, reg::STATUS, ACKNOWLEDGE | DRIVER);
-        wr(t, reg::DRIVER_FEATURES_SEL, 0);
-        wr(t, reg::DRIVER_FEATURES, 0b1);
-        wr(t, reg::DRIVER_FEATURES_SEL, 1);
-        wr(t, reg::DRIVER_FEATURES, 1);
-        wr(t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-        assert_eq!(rd(t, reg::STATUS), ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        wr(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE);
+        wr(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES, 0b1);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        wr(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(
+            rd(t, VIRTIO_MMIO_STATUS),
+            ACKNOWLEDGE | DRIVER | FEATURES_OK
+        );
         for (q, base) in [(0u32, 0x1_0000u32), (1, 0x2_0000)] {
-            wr(t, reg::QUEUE_SEL, q);
-            wr(t, reg::QUEUE_NUM, 16);
-            wr(t, reg::QUEUE_DESC_LOW, base);
-            wr(t, reg::QUEUE_DESC_HIGH, 0);
-            wr(t, reg::QUEUE_DRIVER_LOW, base + 0x1000);
-            wr(t, reg::QUEUE_DRIVER_HIGH, 0);
-            wr(t, reg::QUEUE_DEVICE_LOW, base + 0x2000);
-            wr(t, reg::QUEUE_DEVICE_HIGH, 0);
-            wr(t, reg::QUEUE_READY, 1);
+            wr(t, VIRTIO_MMIO_QUEUE_SEL, q);
+            wr(t, VIRTIO_MMIO_QUEUE_NUM, 16);
+            wr(t, VIRTIO_MMIO_QUEUE_DESC_LOW, base);
+            wr(t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
+            wr(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, base + 0x1000);
+            wr(t, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
+            wr(t, VIRTIO_MMIO_QUEUE_USED_LOW, base + 0x2000);
+            wr(t, VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
+            wr(t, VIRTIO_MMIO_QUEUE_READY, 1);
         }
     }
 
     #[test]
     fn identification_registers() {
         let (mut t, _) = transport();
-        assert_eq!(rd(&mut t, reg::MAGIC_VALUE), 0x7472_6976);
-        assert_eq!(rd(&mut t, reg::VERSION), 2);
-        assert_eq!(rd(&mut t, reg::DEVICE_ID), 42);
-        assert_eq!(rd(&mut t, reg::VENDOR_ID), VENDOR_ID);
-        wr(&mut t, reg::DEVICE_FEATURES_SEL, 0);
-        assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 0b101);
-        wr(&mut t, reg::DEVICE_FEATURES_SEL, 1);
-        assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 1);
-        wr(&mut t, reg::DEVICE_FEATURES_SEL, 2);
-        assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 0);
-        wr(&mut t, reg::QUEUE_SEL, 1);
-        assert_eq!(rd(&mut t, reg::QUEUE_NUM_MAX), 32);
-        wr(&mut t, reg::QUEUE_SEL, 7);
-        assert_eq!(rd(&mut t, reg::QUEUE_NUM_MAX), 0);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_VERSION), 2);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_DEVICE_ID), 42);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_VENDOR_ID), VENDOR_ID);
+        wr(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_DEVICE_FEATURES), 0b101);
+        wr(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_DEVICE_FEATURES), 1);
+        wr(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 2);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_DEVICE_FEATURES), 0);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX), 32);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 7);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX), 0);
         // Non 32-bit register accesses read as zero.
         let mut b = [0xffu8; 2];
-        t.read(reg::MAGIC_VALUE, &mut b);
+        t.read(u64::from(VIRTIO_MMIO_MAGIC_VALUE), &mut b);
         assert_eq!(b, [0, 0]);
     }
 
@@ -560,12 +542,12 @@ mod tests {
         // Before DRIVER is set, config writes are dropped.
         t.write(CONFIG_SPACE_OFFSET, &[9]);
         assert_eq!(dev.lock().unwrap().config[0], 1);
-        wr(&mut t, reg::STATUS, ACKNOWLEDGE);
-        wr(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER);
-        let gen = rd(&mut t, reg::CONFIG_GENERATION);
+        wr(&mut t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE);
+        wr(&mut t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
+        let gen = rd(&mut t, VIRTIO_MMIO_CONFIG_GENERATION);
         t.write(CONFIG_SPACE_OFFSET, &[9]);
         assert_eq!(dev.lock().unwrap().config[0], 9);
-        assert_ne!(rd(&mut t, reg::CONFIG_GENERATION), gen);
+        assert_ne!(rd(&mut t, VIRTIO_MMIO_CONFIG_GENERATION), gen);
     }
 
     #[test]
@@ -576,11 +558,11 @@ mod tests {
         assert!(dev.lock().unwrap().activated.is_none());
         wr(
             &mut t,
-            reg::STATUS,
+            VIRTIO_MMIO_STATUS,
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
         );
         assert_eq!(
-            rd(&mut t, reg::STATUS),
+            rd(&mut t, VIRTIO_MMIO_STATUS),
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
         );
         let d = dev.lock().unwrap();
@@ -597,44 +579,55 @@ mod tests {
     fn invalid_status_transitions_are_ignored() {
         let (mut t, dev) = transport();
         // Skipping ACKNOWLEDGE.
-        wr(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER);
-        assert_eq!(rd(&mut t, reg::STATUS), 0);
-        wr(&mut t, reg::STATUS, ACKNOWLEDGE);
+        wr(&mut t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), 0);
+        wr(&mut t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE);
         // Jumping straight to DRIVER_OK.
-        wr(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER | DRIVER_OK);
-        assert_eq!(rd(&mut t, reg::STATUS), ACKNOWLEDGE);
-        wr(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER);
+        wr(&mut t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER | DRIVER_OK);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), ACKNOWLEDGE);
+        wr(&mut t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
         // FEATURES_OK refused without VERSION_1.
-        wr(&mut t, reg::DRIVER_FEATURES, 1);
-        wr(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-        assert_eq!(rd(&mut t, reg::STATUS), ACKNOWLEDGE | DRIVER);
+        wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        wr(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK,
+        );
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), ACKNOWLEDGE | DRIVER);
         // FEATURES_OK refused with a feature the device does not offer.
-        wr(&mut t, reg::DRIVER_FEATURES_SEL, 1);
-        wr(&mut t, reg::DRIVER_FEATURES, 1 | 2);
-        wr(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-        assert_eq!(rd(&mut t, reg::STATUS), ACKNOWLEDGE | DRIVER);
+        wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1 | 2);
+        wr(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK,
+        );
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), ACKNOWLEDGE | DRIVER);
         assert!(dev.lock().unwrap().activated.is_none());
         // FAILED is accepted at any time.
-        wr(&mut t, reg::STATUS, FAILED);
-        assert_eq!(rd(&mut t, reg::STATUS), ACKNOWLEDGE | DRIVER | FAILED);
+        wr(&mut t, VIRTIO_MMIO_STATUS, FAILED);
+        assert_eq!(
+            rd(&mut t, VIRTIO_MMIO_STATUS),
+            ACKNOWLEDGE | DRIVER | FAILED
+        );
     }
 
     #[test]
     fn queue_registers_only_change_during_setup() {
         let (mut t, _) = transport();
-        wr(&mut t, reg::QUEUE_SEL, 0);
-        wr(&mut t, reg::QUEUE_READY, 1);
-        assert_eq!(rd(&mut t, reg::QUEUE_READY), 0);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
         negotiate(&mut t);
-        wr(&mut t, reg::QUEUE_SEL, 0);
-        assert_eq!(rd(&mut t, reg::QUEUE_READY), 1);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_QUEUE_READY), 1);
         wr(
             &mut t,
-            reg::STATUS,
+            VIRTIO_MMIO_STATUS,
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
         );
-        wr(&mut t, reg::QUEUE_READY, 0);
-        assert_eq!(rd(&mut t, reg::QUEUE_READY), 1);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_READY, 0);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_QUEUE_READY), 1);
     }
 
     #[test]
@@ -642,25 +635,28 @@ mod tests {
         let (mut t, dev) = transport();
         negotiate(&mut t);
         // A descriptor table outside guest memory.
-        wr(&mut t, reg::QUEUE_SEL, 1);
-        wr(&mut t, reg::QUEUE_DESC_HIGH, 0x10);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0x10);
         wr(
             &mut t,
-            reg::STATUS,
+            VIRTIO_MMIO_STATUS,
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
         );
-        assert_ne!(rd(&mut t, reg::STATUS) & DEVICE_NEEDS_RESET, 0);
+        assert_ne!(rd(&mut t, VIRTIO_MMIO_STATUS) & DEVICE_NEEDS_RESET, 0);
         assert!(dev.lock().unwrap().activated.is_none());
-        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), IrqType::Config as u32);
+        assert_eq!(
+            rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS),
+            IrqType::Config as u32
+        );
     }
 
     #[test]
     fn queue_notify_signals_the_queue_event() {
         let (mut t, dev) = transport();
-        wr(&mut t, reg::QUEUE_NOTIFY, 1);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
         assert_eq!(dev.lock().unwrap().queue_evts[1].read().unwrap(), 1);
         // Unknown queue: ignored, no panic.
-        wr(&mut t, reg::QUEUE_NOTIFY, 9);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 9);
         assert!(dev.lock().unwrap().queue_evts[0].read().is_err());
     }
 
@@ -669,9 +665,9 @@ mod tests {
         let (mut t, _) = transport();
         t.interrupt().trigger(IrqType::Vring).unwrap();
         t.interrupt().trigger(IrqType::Config).unwrap();
-        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), 3);
-        wr(&mut t, reg::INTERRUPT_ACK, 1);
-        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), 2);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 3);
+        wr(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, 1);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 2);
     }
 
     #[test]
@@ -680,22 +676,22 @@ mod tests {
         negotiate(&mut t);
         wr(
             &mut t,
-            reg::STATUS,
+            VIRTIO_MMIO_STATUS,
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
         );
         t.interrupt().trigger(IrqType::Vring).unwrap();
-        wr(&mut t, reg::STATUS, 0);
-        assert_eq!(rd(&mut t, reg::STATUS), 0);
-        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), 0);
-        wr(&mut t, reg::QUEUE_SEL, 0);
-        assert_eq!(rd(&mut t, reg::QUEUE_READY), 0);
+        wr(&mut t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), 0);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
         assert_eq!(dev.lock().unwrap().resets, 1);
         assert!(dev.lock().unwrap().activated.is_none());
         // The device can be brought up again.
         negotiate(&mut t);
         wr(
             &mut t,
-            reg::STATUS,
+            VIRTIO_MMIO_STATUS,
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
         );
         assert!(dev.lock().unwrap().activated.is_some());

@@ -1,5 +1,6 @@
 //! Virtio devices and their MMIO transport: the `VirtioDevice` contract every device
-//! implements, the interrupt a device raises, and the constants of the virtio 1.x spec.
+//! implements and the interrupt a device raises. The constants of the virtio 1.x spec come
+//! from `virtio-bindings` (Linux's uapi headers); a device module defines only those it lacks.
 
 pub mod balloon;
 pub mod block;
@@ -10,6 +11,7 @@ pub mod vsock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -18,41 +20,14 @@ pub use mmio::MmioTransport;
 /// The guest memory type every device works on.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 
-/// Virtio device IDs (virtio 1.2, section 5).
-pub mod device_type {
-    pub const NET: u32 = 1;
-    pub const BLOCK: u32 = 2;
-    pub const BALLOON: u32 = 5;
-    pub const VSOCK: u32 = 19;
-    pub const FS: u32 = 26;
-    pub const PMEM: u32 = 27;
-}
-
-/// Device status bits (virtio 1.2, section 2.1).
-pub mod status {
-    pub const ACKNOWLEDGE: u32 = 1;
-    pub const DRIVER: u32 = 2;
-    pub const DRIVER_OK: u32 = 4;
-    pub const FEATURES_OK: u32 = 8;
-    pub const DEVICE_NEEDS_RESET: u32 = 64;
-    pub const FAILED: u32 = 128;
-}
-
-/// Feature bits shared by all devices.
-pub mod features {
-    /// The device complies with virtio 1.x (mandatory for the MMIO transport version 2).
-    pub const VIRTIO_F_VERSION_1: u32 = 32;
-    /// The driver may use descriptors pointing to indirect tables.
-    pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
-}
-
 /// Why an interrupt is raised; the bit it sets in InterruptStatus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
 pub enum IrqType {
     /// The device used buffers of a queue.
-    Vring = 1,
+    Vring = VIRTIO_MMIO_INT_VRING,
     /// The device configuration changed.
-    Config = 2,
+    Config = VIRTIO_MMIO_INT_CONFIG,
 }
 
 /// The interrupt of one device: the InterruptStatus register and the irqfd that KVM
@@ -149,7 +124,7 @@ impl ActiveState {
 /// queues to `activate`. Queue notifications reach the device through `queue_events`
 /// (ioeventfds registered with KVM, also written by the transport on a QueueNotify exit).
 pub trait VirtioDevice: Send {
-    /// The virtio device ID (`device_type::*`).
+    /// The virtio device ID (`virtio_bindings::virtio_ids::VIRTIO_ID_*`).
     fn device_type(&self) -> u32;
     /// The maximum size of each queue; its length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
@@ -196,7 +171,12 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
 pub(crate) mod test_utils {
     //! Helpers shared by the device tests.
     use super::GuestMemoryMmap;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use vm_memory::GuestAddress;
+
+    /// Descriptor flags, as `Descriptor::new` takes them.
+    pub const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+    pub const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 
     /// 16 MiB of guest memory at address 0.
     pub fn guest_memory() -> GuestMemoryMmap {

@@ -4,20 +4,22 @@
 use std::sync::Arc;
 
 use tracing::{debug, warn};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::features::VIRTIO_BALLOON_F_REPORTING;
-use super::release::{release_range, ReleaseError, PAGE_SIZE};
+use super::release::{release_range, ReleaseError};
 use super::{
     CONFIG_SPACE_SIZE, DEFLATEQ, INFLATEQ, MAX_PFNS_PER_DESCRIPTOR, PFN_SHIFT, QUEUE_SIZE,
     REPORTINGQ,
 };
-use crate::devices::virtio::features::VIRTIO_F_VERSION_1;
+use crate::arch::layout::PAGE_SIZE;
 use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger,
-    IrqType, VirtioDevice,
+    read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger, IrqType,
+    VirtioDevice,
 };
 
 /// Errors of balloon device creation and queue processing.
@@ -201,7 +203,7 @@ fn reject(stats: &mut BalloonStats, e: &ReleaseError) {
 
 impl VirtioDevice for Balloon {
     fn device_type(&self) -> u32 {
-        device_type::BALLOON
+        VIRTIO_ID_BALLOON
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -290,8 +292,7 @@ mod tests {
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
 
-    const NEXT: u16 = 1;
-    const WRITE: u16 = 2;
+    use crate::devices::virtio::test_utils::{NEXT, WRITE};
     const DATA: u64 = 0x10_0000;
 
     fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {

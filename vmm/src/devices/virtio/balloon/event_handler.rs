@@ -36,7 +36,7 @@ impl MutEventSubscriber for Balloon {
 mod tests {
     use super::*;
     use crate::devices::virtio::balloon::{QUEUE_SIZE, REPORTINGQ};
-    use crate::devices::virtio::test_utils::guest_memory;
+    use crate::devices::virtio::test_utils::{guest_memory, WRITE};
     use crate::devices::virtio::IrqTrigger;
     use event_manager::{EventManager, SubscriberOps};
     use std::sync::{Arc, Mutex};
@@ -58,7 +58,9 @@ mod tests {
             .unwrap();
         let q = MockSplitQueue::new(&mem, 16);
         q.add_desc_chains(
-            &[RawDescriptor::from(Descriptor::new(0x20_0000, 8192, 2, 0))],
+            &[RawDescriptor::from(Descriptor::new(
+                0x20_0000, 8192, WRITE, 0,
+            ))],
             0,
         )
         .unwrap();

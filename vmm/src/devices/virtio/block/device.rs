@@ -12,13 +12,15 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::features::*;
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+
 use super::request::Request;
 use super::{status, DISK_ID_LEN, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX};
-use crate::devices::virtio::features::VIRTIO_F_VERSION_1;
 use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger,
-    IrqType, VirtioDevice,
+    read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger, IrqType,
+    VirtioDevice,
 };
 
 /// Errors of block device creation and queue processing.
@@ -189,7 +191,7 @@ impl Block {
 
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
-        device_type::BLOCK
+        VIRTIO_ID_BLOCK
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -251,15 +253,17 @@ impl VirtioDevice for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::block::request_type;
     use crate::devices::virtio::test_utils::guest_memory;
     use std::io::{Read, Seek, SeekFrom, Write};
+    use virtio_bindings::virtio_blk::{
+        VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    };
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 
-    const W: u16 = 2;
+    use crate::devices::virtio::test_utils::{NEXT, WRITE as W};
     const HDR: u64 = 0x10_0000;
     const DATA: u64 = 0x20_0000;
     const STATUS: u64 = 0x30_0000;
@@ -304,7 +308,7 @@ mod tests {
         for (i, raw) in descs.iter_mut().enumerate() {
             let mut desc = Descriptor::from(*raw);
             if i < last {
-                desc.set_flags(desc.flags() | 1);
+                desc.set_flags(desc.flags() | NEXT);
                 desc.set_next(i as u16 + 1);
             }
             *raw = RawDescriptor::from(desc);
@@ -382,7 +386,7 @@ mod tests {
     #[test]
     fn read_returns_file_bytes() {
         let mut f = fixture(false);
-        header(&f.mem, request_type::IN, 3);
+        header(&f.mem, VIRTIO_BLK_T_IN, 3);
         let (status, len) = submit(
             &mut f,
             &[
@@ -408,7 +412,7 @@ mod tests {
         let mut f = fixture(false);
         let payload: Vec<u8> = (0..1024u32).map(|i| (i * 7 % 251) as u8).collect();
         f.mem.write_slice(&payload, GuestAddress(DATA)).unwrap();
-        header(&f.mem, request_type::OUT, 5);
+        header(&f.mem, VIRTIO_BLK_T_OUT, 5);
         let (status, len) = submit(&mut f, &[d(HDR, 16, 0), d(DATA, 1024, 0), d(STATUS, 1, W)]);
         assert_eq!(status, status::OK);
         assert_eq!(len, 1);
@@ -417,7 +421,7 @@ mod tests {
         assert!(bytes[4 * 512..5 * 512].iter().all(|&b| b == 4));
         assert!(bytes[7 * 512..].iter().all(|&b| b == 7));
 
-        header(&f.mem, request_type::FLUSH, 0);
+        header(&f.mem, VIRTIO_BLK_T_FLUSH, 0);
         let (status, len) = submit(&mut f, &[d(HDR, 16, 0), d(STATUS, 1, W)]);
         assert_eq!((status, len), (status::OK, 1));
     }
@@ -425,7 +429,7 @@ mod tests {
     #[test]
     fn get_id_returns_the_disk_serial() {
         let mut f = fixture(false);
-        header(&f.mem, request_type::GET_ID, 0);
+        header(&f.mem, VIRTIO_BLK_T_GET_ID, 0);
         let (status, len) = submit(&mut f, &[d(HDR, 16, 0), d(DATA, 20, W), d(STATUS, 1, W)]);
         assert_eq!((status, len), (status::OK, 21));
         let mut id = [0u8; 20];
@@ -438,12 +442,12 @@ mod tests {
     fn read_only_disk_rejects_writes() {
         let mut f = fixture(true);
         f.mem.write_slice(&[0xaa; 512], GuestAddress(DATA)).unwrap();
-        header(&f.mem, request_type::OUT, 0);
+        header(&f.mem, VIRTIO_BLK_T_OUT, 0);
         let (status, len) = submit(&mut f, &[d(HDR, 16, 0), d(DATA, 512, 0), d(STATUS, 1, W)]);
         assert_eq!((status, len), (status::IOERR, 1));
         assert!(file_bytes(&mut f)[..512].iter().all(|&b| b == 0));
         // Reads still work.
-        header(&f.mem, request_type::IN, 1);
+        header(&f.mem, VIRTIO_BLK_T_IN, 1);
         let (status, _) = submit(&mut f, &[d(HDR, 16, 0), d(DATA, 512, W), d(STATUS, 1, W)]);
         assert_eq!(status, status::OK);
     }
@@ -452,7 +456,7 @@ mod tests {
     fn hostile_chains_get_an_error_or_are_dropped() {
         let mut f = fixture(false);
         let original = file_bytes(&mut f);
-        header(&f.mem, request_type::OUT, 7);
+        header(&f.mem, VIRTIO_BLK_T_OUT, 7);
         // Write past the end of the disk.
         let (status, len) = submit(&mut f, &[d(HDR, 16, 0), d(DATA, 1024, 0), d(STATUS, 1, W)]);
         assert_eq!((status, len), (status::IOERR, 1));
@@ -461,7 +465,7 @@ mod tests {
         let (status, len) = submit(&mut f, &[d(HDR, 16, 0), d(DATA, 512, 0), d(STATUS, 1, 0)]);
         assert_eq!((status, len), (0xff, 0));
         // Data outside guest memory.
-        header(&f.mem, request_type::IN, 0);
+        header(&f.mem, VIRTIO_BLK_T_IN, 0);
         let (status, len) = submit(
             &mut f,
             &[d(HDR, 16, 0), d(1 << 40, 512, W), d(STATUS, 1, W)],

@@ -29,10 +29,11 @@ impl MutEventSubscriber for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::test_utils::guest_memory;
+    use crate::devices::virtio::test_utils::{guest_memory, NEXT, WRITE};
     use crate::devices::virtio::IrqTrigger;
     use event_manager::{EventManager, SubscriberOps};
     use std::sync::{Arc, Mutex};
+    use virtio_bindings::virtio_blk::VIRTIO_BLK_T_GET_ID;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
@@ -51,12 +52,13 @@ mod tests {
 
         let q = MockSplitQueue::new(&mem, 16);
         // A GET_ID request: header, 20-byte buffer, status.
-        mem.write_obj(8u32, GuestAddress(0x10_0000)).unwrap();
+        mem.write_obj(VIRTIO_BLK_T_GET_ID, GuestAddress(0x10_0000))
+            .unwrap();
         q.add_desc_chains(
             &[
-                RawDescriptor::from(Descriptor::new(0x10_0000, 16, 1, 1)),
-                RawDescriptor::from(Descriptor::new(0x20_0000, 20, 3, 2)),
-                RawDescriptor::from(Descriptor::new(0x30_0000, 1, 2, 0)),
+                RawDescriptor::from(Descriptor::new(0x10_0000, 16, NEXT, 1)),
+                RawDescriptor::from(Descriptor::new(0x20_0000, 20, WRITE | NEXT, 2)),
+                RawDescriptor::from(Descriptor::new(0x30_0000, 1, WRITE, 0)),
             ],
             0,
         )

@@ -8,7 +8,11 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemory, Permissions};
 
-use super::{request_type, status, DISK_ID_LEN, SECTOR_SIZE, SEG_MAX};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+
+use super::{status, DISK_ID_LEN, SECTOR_SIZE, SEG_MAX};
 use crate::devices::virtio::GuestMemoryMmap;
 
 /// Length of `struct virtio_blk_outhdr`.
@@ -158,10 +162,10 @@ impl Request {
         };
         let raw_type = u32::from_le(header.request_type);
         let request_type = match raw_type {
-            request_type::IN => RequestType::In,
-            request_type::OUT => RequestType::Out,
-            request_type::FLUSH => RequestType::Flush,
-            request_type::GET_ID => RequestType::GetId,
+            VIRTIO_BLK_T_IN => RequestType::In,
+            VIRTIO_BLK_T_OUT => RequestType::Out,
+            VIRTIO_BLK_T_FLUSH => RequestType::Flush,
+            VIRTIO_BLK_T_GET_ID => RequestType::GetId,
             t => return reject(RequestError::UnsupportedType(t), status_addr),
         };
         let sector = u64::from_le(header.sector);
@@ -307,8 +311,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueOwnedT};
 
-    const VRING_DESC_F_NEXT: u16 = 1;
-    const W: u16 = 2;
+    use crate::devices::virtio::test_utils::{NEXT, WRITE as W};
     const HDR: u64 = 0x10_0000;
     const DATA: u64 = 0x20_0000;
     const STATUS: u64 = 0x30_0000;
@@ -344,7 +347,7 @@ mod tests {
     #[test]
     fn parses_a_valid_read() {
         let mem = guest_memory();
-        write_header(&mem, request_type::IN, 2);
+        write_header(&mem, VIRTIO_BLK_T_IN, 2);
         let r = parse(
             &mem,
             &[
@@ -367,7 +370,7 @@ mod tests {
     #[test]
     fn rejects_wrong_directions() {
         let mem = guest_memory();
-        write_header(&mem, request_type::IN, 0);
+        write_header(&mem, VIRTIO_BLK_T_IN, 0);
         // Device-writable header.
         let e = err(parse(
             &mem,
@@ -386,7 +389,7 @@ mod tests {
             RequestError::DataWrongDirection { index: 1, .. }
         ));
         // Device-writable data buffer for a write.
-        write_header(&mem, request_type::OUT, 0);
+        write_header(&mem, VIRTIO_BLK_T_OUT, 0);
         let e = err(parse(
             &mem,
             &[desc(HDR, 16, 0), desc(DATA, 512, W), desc(STATUS, 1, W)],
@@ -408,7 +411,7 @@ mod tests {
     fn rejects_buffers_outside_guest_memory() {
         let mem = guest_memory();
         let beyond = 16 << 20;
-        write_header(&mem, request_type::IN, 0);
+        write_header(&mem, VIRTIO_BLK_T_IN, 0);
         let e = err(parse(
             &mem,
             &[desc(HDR, 16, 0), desc(beyond, 512, W), desc(STATUS, 1, W)],
@@ -440,7 +443,7 @@ mod tests {
     #[test]
     fn rejects_zero_length_and_short_header() {
         let mem = guest_memory();
-        write_header(&mem, request_type::IN, 0);
+        write_header(&mem, VIRTIO_BLK_T_IN, 0);
         let e = err(parse(
             &mem,
             &[desc(HDR, 16, 0), desc(DATA, 0, W), desc(STATUS, 1, W)],
@@ -463,21 +466,21 @@ mod tests {
     #[test]
     fn rejects_sectors_beyond_capacity_and_bad_lengths() {
         let mem = guest_memory();
-        write_header(&mem, request_type::IN, CAPACITY - 1);
+        write_header(&mem, VIRTIO_BLK_T_IN, CAPACITY - 1);
         let e = err(parse(
             &mem,
             &[desc(HDR, 16, 0), desc(DATA, 1024, W), desc(STATUS, 1, W)],
         ));
         assert!(matches!(e.error, RequestError::SectorOutOfRange { .. }));
         // Overflowing sector number.
-        write_header(&mem, request_type::OUT, u64::MAX);
+        write_header(&mem, VIRTIO_BLK_T_OUT, u64::MAX);
         let e = err(parse(
             &mem,
             &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, W)],
         ));
         assert!(matches!(e.error, RequestError::SectorOutOfRange { .. }));
         // Partial sector.
-        write_header(&mem, request_type::IN, 0);
+        write_header(&mem, VIRTIO_BLK_T_IN, 0);
         let e = err(parse(
             &mem,
             &[desc(HDR, 16, 0), desc(DATA, 100, W), desc(STATUS, 1, W)],
@@ -510,9 +513,9 @@ mod tests {
     #[test]
     fn rejects_descriptor_loops() {
         let mem = guest_memory();
-        write_header(&mem, request_type::IN, 0);
+        write_header(&mem, VIRTIO_BLK_T_IN, 0);
         let q = MockSplitQueue::new(&mem, 16);
-        let n = VRING_DESC_F_NEXT;
+        let n = NEXT;
         // 0 -> 1 -> 2 -> 1: the status descriptor points back into the chain.
         let descs = [
             RawDescriptor::from(Descriptor::new(HDR, 16, n, 1)),
@@ -570,20 +573,20 @@ mod tests {
                     2 => 0,
                     _ => (r >> 32) as u32,
                 };
-                let mut flags = (r >> 40) as u16 & (W | VRING_DESC_F_NEXT);
+                let mut flags = (r >> 40) as u16 & (W | NEXT);
                 let next_idx = if (r >> 48) % 4 == 0 {
                     (r >> 50) as u16 % 20
                 } else {
                     i as u16 + 1
                 };
                 if i + 1 == count && (r >> 56) % 2 == 0 {
-                    flags &= !(VRING_DESC_F_NEXT);
+                    flags &= !NEXT;
                 }
                 descs.push(RawDescriptor::from(Descriptor::new(
                     addr, len, flags, next_idx,
                 )));
             }
-            let t = [request_type::IN, request_type::OUT, 4, 8, 99][(next() % 5) as usize];
+            let t = [VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, 4, 8, 99][(next() % 5) as usize];
             write_header(&mem, t, next() % 12);
             q.add_desc_chains(&descs, 0).unwrap();
             let mut queue: Queue = q.create_queue().unwrap();

@@ -6,16 +6,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tracing::warn;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_PMEM;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::request::FlushRequest;
 use super::{PmemBacking, QUEUE_SIZE, RESP_EIO, RESP_OK};
-use crate::devices::virtio::features::VIRTIO_F_VERSION_1;
 use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger,
-    IrqType, VirtioDevice,
+    read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger, IrqType,
+    VirtioDevice,
 };
 
 /// Errors of pmem device creation and queue processing.
@@ -130,7 +131,7 @@ fn flush(file: &File, read_only: bool) -> std::io::Result<()> {
 
 impl VirtioDevice for Pmem {
     fn device_type(&self) -> u32 {
-        device_type::PMEM
+        VIRTIO_ID_PMEM
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -199,8 +200,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 
-    const W: u16 = 2;
-    const NEXT: u16 = 1;
+    use crate::devices::virtio::test_utils::{NEXT, WRITE as W};
     const REQ: u64 = 0x10_0000;
     const RESP: u64 = 0x20_0000;
 

@@ -5,16 +5,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tracing::warn;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::{Queue, QueueT, Writer};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::{MuxerError, VsockMuxer};
 use super::packet::Packet;
 use super::{QUEUE_SIZE, RXQ, TXQ};
-use crate::devices::virtio::features::VIRTIO_F_VERSION_1;
 use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger,
-    IrqType, VirtioDevice,
+    read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger, IrqType,
+    VirtioDevice,
 };
 
 /// Errors of vsock device creation and queue processing.
@@ -161,7 +162,7 @@ impl Vsock {
 
 impl VirtioDevice for Vsock {
     fn device_type(&self) -> u32 {
-        device_type::VSOCK
+        VIRTIO_ID_VSOCK
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -236,7 +237,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
-    const W: u16 = 2;
+    use crate::devices::virtio::test_utils::{NEXT, WRITE as W};
     const RX_BUFS: u64 = 0x40_0000;
     const TX_BUFS: u64 = 0x50_0000;
 
@@ -337,7 +338,12 @@ mod tests {
                 .write_slice(data, GuestAddress(addr + 0x100))
                 .unwrap();
             let descs = [
-                RawDescriptor::from(Descriptor::new(addr, HDR_LEN as u32, 1, self.tx_next + 1)),
+                RawDescriptor::from(Descriptor::new(
+                    addr,
+                    HDR_LEN as u32,
+                    NEXT,
+                    self.tx_next + 1,
+                )),
                 RawDescriptor::from(Descriptor::new(addr + 0x100, data.len() as u32, 0, 0)),
             ];
             self.txq.add_desc_chains(&descs, self.tx_next).unwrap();
