@@ -391,72 +391,49 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::guest_memory;
-    use crate::devices::virtio::{ActivateError, IrqType};
-    use vmm_sys_util::eventfd::EventFd;
+    use crate::devices::virtio::{ActivateError, IrqType, VirtioCommon};
 
     /// A device that records what the transport does to it.
     struct DummyDevice {
-        config: [u8; 8],
-        acked: u64,
-        queue_evts: Vec<EventFd>,
+        common: VirtioCommon,
         activated: Option<Vec<Queue>>,
-        interrupt: Option<Arc<IrqTrigger>>,
         resets: usize,
     }
 
     impl DummyDevice {
         fn new() -> Self {
             Self {
-                config: [1, 2, 3, 4, 5, 6, 7, 8],
-                acked: 0,
-                queue_evts: (0..2)
-                    .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-                    .collect(),
+                common: VirtioCommon::new(42, 0b101, &[16, 32], vec![1, 2, 3, 4, 5, 6, 7, 8])
+                    .unwrap(),
                 activated: None,
-                interrupt: None,
                 resets: 0,
             }
+        }
+
+        fn config_byte(&self, offset: u64) -> u8 {
+            let mut b = [0u8];
+            self.read_config(offset, &mut b);
+            b[0]
         }
     }
 
     impl VirtioDevice for DummyDevice {
-        fn device_type(&self) -> u32 {
-            42
+        fn common(&self) -> &VirtioCommon {
+            &self.common
         }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &[16, 32]
-        }
-        fn avail_features(&self) -> u64 {
-            (1 << VIRTIO_F_VERSION_1) | 0b101
-        }
-        fn acked_features(&self) -> u64 {
-            self.acked
-        }
-        fn set_acked_features(&mut self, features: u64) {
-            self.acked = features & self.avail_features();
-        }
-        fn read_config(&self, offset: u64, data: &mut [u8]) {
-            crate::devices::virtio::read_config_bytes(&self.config, offset, data);
+        fn common_mut(&mut self) -> &mut VirtioCommon {
+            &mut self.common
         }
         fn write_config(&mut self, offset: u64, data: &[u8]) {
-            if let Some(dst) = self
-                .config
-                .get_mut(offset as usize..offset as usize + data.len())
-            {
-                dst.copy_from_slice(data);
-            }
-        }
-        fn queue_events(&self) -> &[EventFd] {
-            &self.queue_evts
+            self.common.write_config(offset, data);
         }
         fn activate(
             &mut self,
             _mem: GuestMemoryMmap,
-            interrupt: Arc<IrqTrigger>,
+            _interrupt: Arc<IrqTrigger>,
             queues: Vec<Queue>,
         ) -> Result<(), ActivateError> {
             self.activated = Some(queues);
-            self.interrupt = Some(interrupt);
             Ok(())
         }
         fn is_activated(&self) -> bool {
@@ -541,12 +518,12 @@ mod tests {
         assert_eq!(b, [3, 4]);
         // Before DRIVER is set, config writes are dropped.
         t.write(CONFIG_SPACE_OFFSET, &[9]);
-        assert_eq!(dev.lock().unwrap().config[0], 1);
+        assert_eq!(dev.lock().unwrap().config_byte(0), 1);
         wr(&mut t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE);
         wr(&mut t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
         let gen = rd(&mut t, VIRTIO_MMIO_CONFIG_GENERATION);
         t.write(CONFIG_SPACE_OFFSET, &[9]);
-        assert_eq!(dev.lock().unwrap().config[0], 9);
+        assert_eq!(dev.lock().unwrap().config_byte(0), 9);
         assert_ne!(rd(&mut t, VIRTIO_MMIO_CONFIG_GENERATION), gen);
     }
 
@@ -554,7 +531,7 @@ mod tests {
     fn status_state_machine_activates_on_driver_ok() {
         let (mut t, dev) = transport();
         negotiate(&mut t);
-        assert_eq!(dev.lock().unwrap().acked, (1 << 32) | 1);
+        assert_eq!(dev.lock().unwrap().acked_features(), (1 << 32) | 1);
         assert!(dev.lock().unwrap().activated.is_none());
         wr(
             &mut t,
@@ -654,10 +631,10 @@ mod tests {
     fn queue_notify_signals_the_queue_event() {
         let (mut t, dev) = transport();
         wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
-        assert_eq!(dev.lock().unwrap().queue_evts[1].read().unwrap(), 1);
+        assert_eq!(dev.lock().unwrap().queue_events()[1].read().unwrap(), 1);
         // Unknown queue: ignored, no panic.
         wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 9);
-        assert!(dev.lock().unwrap().queue_evts[0].read().is_err());
+        assert!(dev.lock().unwrap().queue_events()[0].read().is_err());
     }
 
     #[test]

@@ -5,23 +5,16 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tracing::warn;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::Bytes;
-use vmm_sys_util::eventfd::EventFd;
-
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_queue::QueueT;
+use vm_memory::Bytes;
 
 use super::request::Request;
 use super::{status, DISK_ID_LEN, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX};
-use crate::devices::virtio::{
-    read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger, IrqType,
-    VirtioDevice,
-};
+use crate::devices::virtio::{NotifyError, VirtioCommon, VirtioDevice};
 
 /// Errors of block device creation and queue processing.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +33,8 @@ pub enum BlockError {
     EventFd(std::io::Error),
     #[error("request queue of the block device: {0}")]
     Queue(virtio_queue::Error),
-    #[error("cannot signal the block device interrupt: {0}")]
-    Interrupt(std::io::Error),
+    #[error("cannot notify the guest of the request queue: {0}")]
+    Notify(#[from] NotifyError),
 }
 
 /// A virtio-blk device backed by a file.
@@ -51,11 +44,7 @@ pub struct Block {
     read_only: bool,
     capacity: u64,
     disk_id: [u8; DISK_ID_LEN],
-    avail_features: u64,
-    acked_features: u64,
-    config: [u8; 24],
-    queue_evts: [EventFd; 1],
-    active: Option<ActiveState>,
+    common: VirtioCommon,
 }
 
 impl Block {
@@ -89,15 +78,14 @@ impl Block {
         let n = id.len().min(DISK_ID_LEN);
         disk_id[..n].copy_from_slice(&id.as_bytes()[..n]);
 
-        let mut avail_features =
-            (1u64 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_BLK_F_SEG_MAX) | (1 << VIRTIO_BLK_F_FLUSH);
+        let mut features = (1 << VIRTIO_BLK_F_SEG_MAX) | (1 << VIRTIO_BLK_F_FLUSH);
         if read_only {
-            avail_features |= 1 << VIRTIO_BLK_F_RO;
+            features |= 1 << VIRTIO_BLK_F_RO;
         }
 
         // struct virtio_blk_config: capacity (u64), size_max (u32), seg_max (u32),
         // geometry (4 bytes), blk_size (u32).
-        let mut config = [0u8; 24];
+        let mut config = vec![0u8; 24];
         config[0..8].copy_from_slice(&capacity.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
@@ -108,11 +96,8 @@ impl Block {
             read_only,
             capacity,
             disk_id,
-            avail_features,
-            acked_features: 0,
-            config,
-            queue_evts: [EventFd::new(libc::EFD_NONBLOCK).map_err(BlockError::EventFd)?],
-            active: None,
+            common: VirtioCommon::new(VIRTIO_ID_BLOCK, features, &[QUEUE_SIZE], config)
+                .map_err(BlockError::EventFd)?,
         })
     }
 
@@ -138,7 +123,7 @@ impl Block {
 
     /// Serves every available request, then interrupts the guest if it wants to know.
     pub fn process_queue(&mut self) -> Result<(), BlockError> {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.active_mut() else {
             return Ok(());
         };
         let mem = &active.mem;
@@ -179,74 +164,20 @@ impl Block {
                 .map_err(BlockError::Queue)?;
             used_any = true;
         }
-        if used_any && queue.needs_notification(mem).map_err(BlockError::Queue)? {
-            active
-                .interrupt
-                .trigger(IrqType::Vring)
-                .map_err(BlockError::Interrupt)?;
+        if used_any {
+            active.signal_used_queue(0)?;
         }
         Ok(())
     }
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BLOCK
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        warn!(offset, "virtio-blk: configuration space is read-only");
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<IrqTrigger>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
-        self.active = Some(ActiveState::new(
-            self.active.is_some(),
-            1,
-            mem,
-            interrupt,
-            queues,
-        )?);
-        // Requests queued before activation (a kick that arrived early) are served now.
-        let _ = self.queue_evts[0].write(1);
-        Ok(())
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 }
 
@@ -254,13 +185,16 @@ impl VirtioDevice for Block {
 mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::guest_memory;
+    use crate::devices::virtio::{ActivateError, GuestMemoryMmap, IrqTrigger, IrqType};
     use std::io::{Read, Seek, SeekFrom, Write};
+    use std::sync::Arc;
     use virtio_bindings::virtio_blk::{
         VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
     };
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
     use vm_memory::GuestAddress;
 
     use crate::devices::virtio::test_utils::{NEXT, WRITE as W};

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tracing::warn;
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::{Queue, QueueT, Writer};
 use vmm_sys_util::eventfd::EventFd;
@@ -14,8 +13,7 @@ use super::muxer::{MuxerError, VsockMuxer};
 use super::packet::Packet;
 use super::{QUEUE_SIZE, RXQ, TXQ};
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger, IrqType,
-    VirtioDevice,
+    ActivateError, GuestMemoryMmap, IrqTrigger, NotifyError, VirtioCommon, VirtioDevice,
 };
 
 /// Errors of vsock device creation and queue processing.
@@ -32,19 +30,17 @@ pub enum VsockError {
         index: usize,
         source: virtio_queue::Error,
     },
-    #[error("cannot signal the vsock interrupt: {0}")]
-    Interrupt(std::io::Error),
+    #[error("cannot notify the guest of a vsock queue: {0}")]
+    Notify(#[from] NotifyError),
 }
 
 /// A virtio-vsock device whose host end is a Unix socket.
 pub struct Vsock {
     cid: u64,
     pub(super) muxer: VsockMuxer,
-    acked_features: u64,
-    queue_evts: [EventFd; 3],
     /// Signalled on activation so the event loop delivers what queued up before it.
     pub(super) activate_evt: EventFd,
-    active: Option<ActiveState>,
+    common: VirtioCommon,
 }
 
 impl Vsock {
@@ -53,14 +49,14 @@ impl Vsock {
         if cid < 3 || cid > u64::from(u32::MAX) {
             return Err(VsockError::InvalidCid(cid));
         }
-        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd);
+        // struct virtio_vsock_config { le64 guest_cid; }
+        let config = cid.to_le_bytes().to_vec();
         Ok(Self {
             cid,
             muxer: VsockMuxer::new(cid, uds_path)?,
-            acked_features: 0,
-            queue_evts: [evt()?, evt()?, evt()?],
-            activate_evt: evt()?,
-            active: None,
+            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd)?,
+            common: VirtioCommon::new(VIRTIO_ID_VSOCK, 0, &[QUEUE_SIZE; 3], config)
+                .map_err(VsockError::EventFd)?,
         })
     }
 
@@ -71,7 +67,7 @@ impl Vsock {
 
     /// Moves every packet the guest queued on TX to the muxer.
     pub fn process_tx(&mut self) -> Result<(), VsockError> {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.active_mut() else {
             return Ok(());
         };
         let mem = &active.mem;
@@ -88,12 +84,15 @@ impl Vsock {
                 .map_err(|source| VsockError::Queue { index: TXQ, source })?;
             used_any = true;
         }
-        Self::notify(active, TXQ, used_any)
+        if used_any {
+            active.signal_used_queue(TXQ)?;
+        }
+        Ok(())
     }
 
     /// Fills RX buffers with what the muxer has for the guest.
     pub fn process_rx(&mut self) -> Result<(), VsockError> {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.active_mut() else {
             return Ok(());
         };
         let mem = &active.mem;
@@ -140,85 +139,38 @@ impl Vsock {
                 .map_err(|source| VsockError::Queue { index: RXQ, source })?;
             used_any = true;
         }
-        Self::notify(active, RXQ, used_any)
-    }
-
-    fn notify(active: &mut ActiveState, index: usize, used_any: bool) -> Result<(), VsockError> {
-        if !used_any {
-            return Ok(());
-        }
-        let needed = active.queues[index]
-            .needs_notification(&active.mem)
-            .map_err(|source| VsockError::Queue { index, source })?;
-        if needed {
-            active
-                .interrupt
-                .trigger(IrqType::Vring)
-                .map_err(VsockError::Interrupt)?;
+        if used_any {
+            active.signal_used_queue(RXQ)?;
         }
         Ok(())
     }
 }
 
 impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_VSOCK
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE; 3]
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
-    fn avail_features(&self) -> u64 {
-        1 << VIRTIO_F_VERSION_1
-    }
-
-    fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_vsock_config { le64 guest_cid; }
-        read_config_bytes(&self.cid.to_le_bytes(), offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        warn!(offset, "virtio-vsock: configuration space is read-only");
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
+    /// Delivery of what queued up before activation (host connections) is the event loop's,
+    /// woken by `activate_evt`.
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
         interrupt: Arc<IrqTrigger>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        self.active = Some(ActiveState::new(
-            self.active.is_some(),
-            3,
-            mem,
-            interrupt,
-            queues,
-        )?);
+        self.common.activate(mem, interrupt, queues)?;
         self.activate_evt
             .write(1)
             .map_err(ActivateError::ActivateEvent)
     }
 
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
     fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
+        self.common.reset();
         self.muxer.reset();
     }
 }
