@@ -7,6 +7,7 @@ pub mod config;
 pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
+pub mod unix_listener;
 pub mod vstate;
 
 pub use builder::{build_microvm, BootTimer, BuildError, Vmm};

@@ -4,8 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::connection::{ConnState, Connection};
 use super::packet::{op, Packet, PacketHeader, TYPE_STREAM};
 use super::{HOST_CID, MAX_CONNECTIONS};
+use crate::unix_listener::{StaleSocket, UnixSocketListener};
 
 /// The longest `CONNECT <port>\n` line we accept.
 const MAX_CONNECT_LINE: usize = 32;
@@ -60,8 +60,8 @@ enum RxItem {
 /// All vsock connections of one device and the Unix sockets behind them.
 pub struct VsockMuxer {
     guest_cid: u64,
-    path: PathBuf,
-    listener: UnixListener,
+    /// The socket the host connects to, removed when the muxer is dropped.
+    listener: UnixSocketListener,
     epoll: Epoll,
     pending_hosts: HashMap<RawFd, PendingHost>,
     conns: HashMap<ConnKey, Connection>,
@@ -81,18 +81,12 @@ pub struct VsockMuxer {
 impl VsockMuxer {
     /// Listens on `path` (a stale socket file there is replaced).
     pub fn new(guest_cid: u64, path: &Path) -> Result<Self, MuxerError> {
-        let bind_err = |source| MuxerError::Bind {
-            path: path.to_owned(),
-            source,
-        };
-        // A socket left by an earlier run is replaced; any other file is not ours to remove.
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if meta.file_type().is_socket() {
-                std::fs::remove_file(path).map_err(bind_err)?;
+        let listener = UnixSocketListener::bind(path, StaleSocket::Replace).map_err(|source| {
+            MuxerError::Bind {
+                path: path.to_owned(),
+                source,
             }
-        }
-        let listener = UnixListener::bind(path).map_err(bind_err)?;
-        listener.set_nonblocking(true).map_err(bind_err)?;
+        })?;
         let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
         let connect_timer = TimerFd::new().map_err(|e| MuxerError::Timer(errno_to_io(e)))?;
         for fd in [listener.as_raw_fd(), connect_timer.as_raw_fd()] {
@@ -106,7 +100,6 @@ impl VsockMuxer {
         }
         Ok(Self {
             guest_cid,
-            path: path.to_owned(),
             listener,
             epoll,
             pending_hosts: HashMap::new(),
@@ -123,7 +116,7 @@ impl VsockMuxer {
 
     /// The socket path the host connects to.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.listener.path()
     }
 
     /// Number of live connections.
@@ -166,31 +159,18 @@ impl VsockMuxer {
     }
 
     fn accept_hosts(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    let fd = stream.as_raw_fd();
-                    self.epoll_ctl(ControlOperation::Add, fd, EventSet::IN);
-                    self.pending_hosts.insert(
-                        fd,
-                        PendingHost {
-                            stream,
-                            line: Vec::new(),
-                        },
-                    );
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    if e.kind() != ErrorKind::WouldBlock {
-                        warn!(error = %e, "vsock: accept failed");
-                    }
-                    return;
-                }
-            }
-        }
+        let (epoll, pending_hosts) = (&self.epoll, &mut self.pending_hosts);
+        self.listener.accept_all("vsock", |stream| {
+            let fd = stream.as_raw_fd();
+            epoll_ctl(epoll, ControlOperation::Add, fd, EventSet::IN);
+            pending_hosts.insert(
+                fd,
+                PendingHost {
+                    stream,
+                    line: Vec::new(),
+                },
+            );
+        });
     }
 
     /// Reads the CONNECT line byte by byte so no payload byte is consumed with it.
@@ -427,7 +407,7 @@ impl VsockMuxer {
             self.reset_unknown(hdr);
             return;
         }
-        let mut target = self.path.clone().into_os_string();
+        let mut target = self.path().as_os_str().to_owned();
         target.push(format!("_{}", hdr.dst_port));
         let stream = match UnixStream::connect(&target) {
             Ok(s) if s.set_nonblocking(true).is_ok() => s,
@@ -488,12 +468,6 @@ impl AsRawFd for VsockMuxer {
     }
 }
 
-impl Drop for VsockMuxer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 fn epoll_ctl(epoll: &Epoll, op: ControlOperation, fd: RawFd, set: EventSet) {
     if let Err(e) = epoll.ctl(op, fd, EpollEvent::new(set, fd as u64)) {
         warn!(fd, error = %e, "vsock: epoll_ctl failed");
@@ -517,6 +491,7 @@ mod tests {
     use crate::devices::virtio::vsock::packet::{SHUTDOWN_RCV, SHUTDOWN_SEND};
     use crate::devices::virtio::vsock::CONN_BUF_SIZE;
     use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
 
     const GUEST_CID: u64 = 3;
 
