@@ -3,9 +3,11 @@
 
 mod device;
 mod event_handler;
+mod io;
 mod request;
 
 pub use device::{Block, BlockError};
+pub use io::IoError;
 pub use request::{Rejected, Request, RequestError, RequestType};
 
 use virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES;
