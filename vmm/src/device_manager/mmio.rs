@@ -166,20 +166,22 @@ mod tests {
     use event_manager::EventManager;
     use vm_memory::GuestAddress;
 
-    /// Creates a VM with an irqchip, or `None` where /dev/kvm is unusable.
-    fn vm() -> Option<VmFd> {
-        let kvm = kvm_ioctls::Kvm::new().ok()?;
-        let vm = kvm.create_vm().ok()?;
-        vm.create_irq_chip().ok()?;
-        Some(vm)
+    /// Creates a VM with an irqchip, or says why /dev/kvm cannot.
+    fn vm() -> Result<VmFd, kvm_ioctls::Error> {
+        let vm = kvm_ioctls::Kvm::new()?.create_vm()?;
+        vm.create_irq_chip()?;
+        Ok(vm)
     }
 
     #[test]
     fn devices_get_consecutive_windows_irqs_and_cmdline_entries() {
-        let Some(vm) = vm() else {
-            eprintln!("skipped: /dev/kvm cannot create a VM with an irqchip here");
-            return;
-        };
+        let vm = vm();
+        let why = vm.as_ref().err().map(ToString::to_string);
+        sandbox_tests::require!(
+            let Ok(vm) = vm,
+            "/dev/kvm cannot create a VM with an irqchip here: {}",
+            why.unwrap_or_default()
+        );
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mut bus = Bus::new();
         let mut em: EventManager<Subscriber> = EventManager::new().unwrap();
