@@ -20,7 +20,7 @@ use virtio_bindings::virtio_ids::{
     VIRTIO_ID_BALLOON, VIRTIO_ID_BLOCK, VIRTIO_ID_FS, VIRTIO_ID_NET, VIRTIO_ID_PMEM,
     VIRTIO_ID_VSOCK,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{GuestMemoryMmap, IrqTrigger, IrqType};
@@ -36,9 +36,9 @@ pub enum ActivateError {
     ActivateEvent(std::io::Error),
 }
 
-/// Errors of telling the guest that a queue has used buffers.
+/// Errors of returning buffers to the guest: the used ring, or the interrupt.
 #[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
+pub enum QueueError {
     #[error("queue {index}: {source}")]
     Queue {
         index: usize,
@@ -56,16 +56,41 @@ pub struct ActiveState {
 }
 
 impl ActiveState {
+    /// Serves every chain the driver made available on queue `index`: `serve` handles one
+    /// and says how many bytes it wrote into it, and the chain goes back to the guest; then
+    /// interrupts the guest if it wants to know. Returns how many chains were served.
+    pub fn serve_queue(
+        &mut self,
+        index: usize,
+        mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>, &GuestMemoryMmap) -> u32,
+    ) -> Result<usize, QueueError> {
+        let mem = &self.mem;
+        let queue = &mut self.queues[index];
+        let mut served = 0;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = serve(chain, mem);
+            queue
+                .add_used(mem, head, len)
+                .map_err(|source| QueueError::Queue { index, source })?;
+            served += 1;
+        }
+        if served > 0 {
+            self.signal_used_queue(index)?;
+        }
+        Ok(served)
+    }
+
     /// After the device used buffers of queue `index`: interrupts the guest unless the
     /// driver asked not to be (VRING_AVAIL_F_NO_INTERRUPT, or its event index).
-    pub fn signal_used_queue(&mut self, index: usize) -> Result<(), NotifyError> {
+    pub fn signal_used_queue(&mut self, index: usize) -> Result<(), QueueError> {
         let needed = self.queues[index]
             .needs_notification(&self.mem)
-            .map_err(|source| NotifyError::Queue { index, source })?;
+            .map_err(|source| QueueError::Queue { index, source })?;
         if needed {
             self.interrupt
                 .trigger(IrqType::Vring)
-                .map_err(NotifyError::Interrupt)?;
+                .map_err(QueueError::Interrupt)?;
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use tracing::warn;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use common::{ActivateError, ActiveState, NotifyError, VirtioCommon};
+pub use common::{ActivateError, ActiveState, QueueError, VirtioCommon};
 pub use interrupt::{IrqTrigger, IrqType};
 pub use mmio::MmioTransport;
 

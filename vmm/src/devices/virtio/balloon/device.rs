@@ -3,7 +3,7 @@
 
 use tracing::{debug, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::features::VIRTIO_BALLOON_F_REPORTING;
@@ -13,20 +13,15 @@ use super::{
     REPORTINGQ,
 };
 use crate::arch::layout::PAGE_SIZE;
-use crate::devices::virtio::{GuestMemoryMmap, NotifyError, VirtioCommon, VirtioDevice};
+use crate::devices::virtio::{GuestMemoryMmap, QueueError, VirtioCommon, VirtioDevice};
 
 /// Errors of balloon device creation and queue processing.
 #[derive(Debug, thiserror::Error)]
 pub enum BalloonError {
     #[error("cannot create a balloon queue eventfd: {0}")]
     EventFd(std::io::Error),
-    #[error("balloon queue {index}: {source}")]
-    Queue {
-        index: usize,
-        source: virtio_queue::Error,
-    },
-    #[error("cannot notify the guest of a balloon queue: {0}")]
-    Notify(#[from] NotifyError),
+    #[error("balloon {0}")]
+    Queue(#[from] QueueError),
 }
 
 /// What the guest handed back so far; read by tests and logged at debug level.
@@ -87,25 +82,18 @@ impl Balloon {
         let Some(active) = self.common.active_mut() else {
             return Ok(());
         };
-        let mem = &active.mem;
-        let queue = &mut active.queues[index];
-        let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
+        let stats = &mut self.stats;
+        let served = active.serve_queue(index, |chain, mem| {
             match index {
-                INFLATEQ => inflate(chain, mem, &mut self.stats),
-                REPORTINGQ => report(chain, mem, &mut self.stats),
+                INFLATEQ => inflate(chain, mem, stats),
+                REPORTINGQ => report(chain, mem, stats),
                 // Deflated pages come back when the guest touches them.
                 _ => {}
             }
             // Nothing is written into any of these buffers.
-            queue
-                .add_used(mem, head, 0)
-                .map_err(|source| BalloonError::Queue { index, source })?;
-            used_any = true;
-        }
-        if used_any {
-            active.signal_used_queue(index)?;
+            0
+        })?;
+        if served > 0 {
             debug!(queue = index, stats = ?self.stats, "virtio-balloon: buffers returned");
         }
         Ok(())
@@ -231,7 +219,7 @@ mod tests {
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::Queue;
+    use virtio_queue::{Queue, QueueT};
 
     use crate::devices::virtio::test_utils::{NEXT, WRITE};
     const DATA: u64 = 0x10_0000;

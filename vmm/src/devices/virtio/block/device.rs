@@ -9,12 +9,11 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::QueueT;
 use vm_memory::Bytes;
 
-use super::request::Request;
+use super::request::{Request, RequestType};
 use super::{status, DISK_ID_LEN, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX};
-use crate::devices::virtio::{NotifyError, VirtioCommon, VirtioDevice};
+use crate::devices::virtio::{QueueError, VirtioCommon, VirtioDevice};
 
 /// Errors of block device creation and queue processing.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +31,7 @@ pub enum BlockError {
     #[error("cannot create the queue eventfd: {0}")]
     EventFd(std::io::Error),
     #[error("request queue of the block device: {0}")]
-    Queue(virtio_queue::Error),
-    #[error("cannot notify the guest of the request queue: {0}")]
-    Notify(#[from] NotifyError),
+    Queue(#[from] QueueError),
 }
 
 /// A virtio-blk device backed by a file.
@@ -126,47 +123,33 @@ impl Block {
         let Some(active) = self.common.active_mut() else {
             return Ok(());
         };
-        let mem = &active.mem;
-        let queue = &mut active.queues[0];
-        let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let used_len = match Request::parse(chain, self.capacity) {
-                Ok(req) => {
-                    let (status, written) = if self.read_only
-                        && req.request_type == super::RequestType::Out
-                    {
-                        (status::IOERR, 0)
-                    } else {
-                        match req.execute(&self.disk, &self.disk_id, mem) {
-                            Ok(n) => (status::OK, n),
-                            Err(e) => {
-                                warn!(path = %self.path.display(), error = %e, "virtio-blk: request failed");
-                                (status::IOERR, 0)
-                            }
-                        }
-                    };
-                    match mem.write_obj(status, req.status_addr) {
-                        Ok(()) => written + 1,
-                        Err(_) => 0,
-                    }
-                }
+        active.serve_queue(0, |chain, mem| {
+            let req = match Request::parse(chain, self.capacity) {
+                Ok(req) => req,
                 Err(rejected) => {
                     warn!(error = %rejected.error, "virtio-blk: request rejected");
-                    match rejected.status_addr {
+                    return match rejected.status_addr {
                         Some(addr) if mem.write_obj(rejected.status(), addr).is_ok() => 1,
                         _ => 0,
+                    };
+                }
+            };
+            let (status, written) = if self.read_only && req.request_type == RequestType::Out {
+                (status::IOERR, 0)
+            } else {
+                match req.execute(&self.disk, &self.disk_id, mem) {
+                    Ok(n) => (status::OK, n),
+                    Err(e) => {
+                        warn!(path = %self.path.display(), error = %e, "virtio-blk: request failed");
+                        (status::IOERR, 0)
                     }
                 }
             };
-            queue
-                .add_used(mem, head, used_len)
-                .map_err(BlockError::Queue)?;
-            used_any = true;
-        }
-        if used_any {
-            active.signal_used_queue(0)?;
-        }
+            match mem.write_obj(status, req.status_addr) {
+                Ok(()) => written + 1,
+                Err(_) => 0,
+            }
+        })?;
         Ok(())
     }
 }
@@ -194,7 +177,7 @@ mod tests {
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::Queue;
+    use virtio_queue::{Queue, QueueT};
     use vm_memory::GuestAddress;
 
     use crate::devices::virtio::test_utils::{NEXT, WRITE as W};

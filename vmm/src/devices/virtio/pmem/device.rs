@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 use virtio_bindings::virtio_ids::VIRTIO_ID_PMEM;
-use virtio_queue::QueueT;
 use vm_memory::Bytes;
 
 use super::request::FlushRequest;
 use super::{PmemBacking, QUEUE_SIZE, RESP_EIO, RESP_OK};
-use crate::devices::virtio::{NotifyError, VirtioCommon, VirtioDevice};
+use crate::devices::virtio::{QueueError, VirtioCommon, VirtioDevice};
 
 /// Errors of pmem device creation and queue processing.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +23,7 @@ pub enum PmemError {
     #[error("cannot create the queue eventfd: {0}")]
     EventFd(std::io::Error),
     #[error("request queue of the pmem device: {0}")]
-    Queue(virtio_queue::Error),
-    #[error("cannot notify the guest of the request queue: {0}")]
-    Notify(#[from] NotifyError),
+    Queue(#[from] QueueError),
 }
 
 /// A virtio-pmem device whose region the builder mapped at `start`.
@@ -69,11 +66,7 @@ impl Pmem {
         let Some(active) = self.common.active_mut() else {
             return Ok(());
         };
-        let mem = &active.mem;
-        let queue = &mut active.queues[0];
-        let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
+        active.serve_queue(0, |chain, mem| {
             let answer = match FlushRequest::parse(chain) {
                 Ok(req) => {
                     let ret = match flush(&self.file, self.read_only) {
@@ -90,18 +83,11 @@ impl Pmem {
                     rejected.response.map(|addr| (addr, RESP_EIO))
                 }
             };
-            let used_len = match answer {
+            match answer {
                 Some((addr, ret)) if mem.write_obj(ret.to_le(), addr).is_ok() => 4,
                 _ => 0,
-            };
-            queue
-                .add_used(mem, head, used_len)
-                .map_err(PmemError::Queue)?;
-            used_any = true;
-        }
-        if used_any {
-            active.signal_used_queue(0)?;
-        }
+            }
+        })?;
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use super::muxer::{MuxerError, VsockMuxer};
 use super::packet::Packet;
 use super::{QUEUE_SIZE, RXQ, TXQ};
 use crate::devices::virtio::{
-    ActivateError, GuestMemoryMmap, IrqTrigger, NotifyError, VirtioCommon, VirtioDevice,
+    ActivateError, GuestMemoryMmap, IrqTrigger, QueueError, VirtioCommon, VirtioDevice,
 };
 
 /// Errors of vsock device creation and queue processing.
@@ -25,13 +25,8 @@ pub enum VsockError {
     Muxer(#[from] MuxerError),
     #[error("cannot create a vsock eventfd: {0}")]
     EventFd(std::io::Error),
-    #[error("vsock queue {index}: {source}")]
-    Queue {
-        index: usize,
-        source: virtio_queue::Error,
-    },
-    #[error("cannot notify the guest of a vsock queue: {0}")]
-    Notify(#[from] NotifyError),
+    #[error("vsock {0}")]
+    Queue(#[from] QueueError),
 }
 
 /// A virtio-vsock device whose host end is a Unix socket.
@@ -70,23 +65,14 @@ impl Vsock {
         let Some(active) = self.common.active_mut() else {
             return Ok(());
         };
-        let mem = &active.mem;
-        let queue = &mut active.queues[TXQ];
-        let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
+        let muxer = &mut self.muxer;
+        active.serve_queue(TXQ, |chain, mem| {
             match Packet::from_tx_chain(chain, mem) {
-                Ok(pkt) => self.muxer.send_pkt(&pkt),
+                Ok(pkt) => muxer.send_pkt(&pkt),
                 Err(e) => warn!(error = %e, "vsock: dropping TX packet"),
             }
-            queue
-                .add_used(mem, head, 0)
-                .map_err(|source| VsockError::Queue { index: TXQ, source })?;
-            used_any = true;
-        }
-        if used_any {
-            active.signal_used_queue(TXQ)?;
-        }
+            0
+        })?;
         Ok(())
     }
 
@@ -97,6 +83,7 @@ impl Vsock {
         };
         let mem = &active.mem;
         let queue = &mut active.queues[RXQ];
+        let used_err = |source| QueueError::Queue { index: RXQ, source };
         let mut used_any = false;
         while self.muxer.has_pending_rx() {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
@@ -107,18 +94,14 @@ impl Vsock {
                 Ok(w) => w,
                 Err(e) => {
                     warn!(error = %e, "vsock: RX buffer is not in guest memory");
-                    queue
-                        .add_used(mem, head, 0)
-                        .map_err(|source| VsockError::Queue { index: RXQ, source })?;
+                    queue.add_used(mem, head, 0).map_err(used_err)?;
                     used_any = true;
                     continue;
                 }
             };
             let Some(capacity) = Packet::rx_capacity(&writer) else {
                 warn!("vsock: RX buffer has no room for a payload after the header");
-                queue
-                    .add_used(mem, head, 0)
-                    .map_err(|source| VsockError::Queue { index: RXQ, source })?;
+                queue.add_used(mem, head, 0).map_err(used_err)?;
                 used_any = true;
                 continue;
             };
@@ -134,9 +117,7 @@ impl Vsock {
                     0
                 }
             };
-            queue
-                .add_used(mem, head, len)
-                .map_err(|source| VsockError::Queue { index: RXQ, source })?;
+            queue.add_used(mem, head, len).map_err(used_err)?;
             used_any = true;
         }
         if used_any {
