@@ -6,8 +6,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Stdio};
+use std::time::Duration;
 
-use common::GuestDir;
+use common::{wait_until, GuestDir};
+
+/// The longest a bare guest takes to do what a test waits for (it takes milliseconds).
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts the VMM with an API socket; waits until the socket accepts connections.
 fn start(g: &GuestDir, scenario: &str, extra: &[&str]) -> (Child, UnixStream) {
@@ -19,15 +23,18 @@ fn start(g: &GuestDir, scenario: &str, extra: &[&str]) -> (Child, UnixStream) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    loop {
-        if let Ok(s) = UnixStream::connect(&sock) {
-            return (child, s);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("sandbox-vmm exited early: {status}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let mut api = None;
+    wait_until(
+        &mut child,
+        &g.path("serial.log"),
+        "the API socket accepting a connection",
+        TIMEOUT,
+        || {
+            api = UnixStream::connect(&sock).ok();
+            api.is_some()
+        },
+    );
+    (child, api.expect("connected while waiting"))
 }
 
 fn call(stream: &mut UnixStream, request: &str) -> serde_json::Value {
@@ -50,7 +57,7 @@ fn state_pause_resume_trim_and_flush_and_exit() {
     let disk = g.path("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     // Two vCPUs: the second, never started by the guest, must park as well.
-    let (child, mut api) = start(
+    let (mut child, mut api) = start(
         &g,
         "dots",
         &["--block", disk.to_str().unwrap(), "--vcpus", "2", "--debug"],
@@ -62,18 +69,26 @@ fn state_pause_resume_trim_and_flush_and_exit() {
     );
     // The guest prints dots until paused; while paused the console does not grow.
     let serial = g.path("serial.log");
-    while serial_len(&serial) == 0 {
-        std::thread::yield_now();
-    }
+    wait_until(
+        &mut child,
+        &serial,
+        "the guest's first dots",
+        TIMEOUT,
+        || serial_len(&serial) > 0,
+    );
     assert_eq!(call(&mut api, "pause")["state"], "paused");
     let frozen = serial_len(&serial);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(200));
     assert_eq!(serial_len(&serial), frozen, "a paused guest kept writing");
     assert_eq!(call(&mut api, "state")["state"], "paused");
     assert_eq!(call(&mut api, "resume")["state"], "running");
-    while serial_len(&serial) == frozen {
-        std::thread::yield_now();
-    }
+    wait_until(
+        &mut child,
+        &serial,
+        "more dots after the resume",
+        TIMEOUT,
+        || serial_len(&serial) != frozen,
+    );
 
     // trim unmaps the guest's file pages (its code, mapped from the kernel file) and the guest
     // runs on: its next fetches map them again.
@@ -82,16 +97,13 @@ fn state_pause_resume_trim_and_flush_and_exit() {
     assert_eq!(trimmed["state"], "running");
     assert!(trimmed["released_kib"].as_u64().unwrap() >= 4, "{trimmed}");
     let at_trim = serial_len(&serial);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while serial_len(&serial) == at_trim {
-        if std::time::Instant::now() > deadline {
-            let mut child = child;
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the guest stopped running after the trim");
-        }
-        std::thread::yield_now();
-    }
+    wait_until(
+        &mut child,
+        &serial,
+        "more dots after the trim (the guest stopped running)",
+        TIMEOUT,
+        || serial_len(&serial) != at_trim,
+    );
     // A paused VM stays paused through a trim.
     call(&mut api, "pause");
     assert_eq!(call(&mut api, "trim")["state"], "paused");
@@ -99,7 +111,7 @@ fn state_pause_resume_trim_and_flush_and_exit() {
     // A delayed trim answers at once and runs later (the log below has three trims).
     let later = call(&mut api, r#"{"action": "trim", "delay_ms": 50}"#);
     assert_eq!(later["trim_in_ms"], 50, "{later}");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(300));
 
     let bad = call(&mut api, "reboot");
     assert_eq!(bad["ok"], false);
@@ -124,9 +136,13 @@ fn shutdown_stops_a_guest_that_ignores_ctrl_alt_del_after_the_grace_period() {
     let g = GuestDir::new();
     let (mut child, mut api) = start(&g, "wait", &[]);
     let serial = g.path("serial.log");
-    while std::fs::read_to_string(&serial).unwrap_or_default() != "WAITING\n" {
-        std::thread::yield_now();
-    }
+    wait_until(
+        &mut child,
+        &serial,
+        "the guest's WAITING line",
+        TIMEOUT,
+        || std::fs::read_to_string(&serial).unwrap_or_default() == "WAITING\n",
+    );
     let reply = call(&mut api, r#"{"action": "shutdown", "timeout_ms": 50}"#);
     assert_eq!(reply["state"], "shutting-down");
     let status = child.wait().unwrap();

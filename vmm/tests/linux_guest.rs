@@ -1,12 +1,18 @@
 //! Boots our guest kernel and initramfs (target/guest, from `cargo xtask setup`) with the
 //! real binary: agent readiness, several vCPUs, virtio devices, vsock to the agent, the API.
 //! These need real KVM: `cargo xtask test` runs them in the lab.
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 const READY: &str = "SANDBOX-AGENT-READY";
+/// The longest a guest may take to reach a console marker: Linux boots in seconds, but the
+/// lab emulates the CPU that runs it.
+const MARKER_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn guest_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -32,23 +38,9 @@ fn vmm_with_initrd(initrd: &Path, cmdline: &str, memory_mib: u32, serial: &Path)
     c
 }
 
-/// Waits until the console shows the agent's readiness line (or the VMM exits).
+/// Waits until the console shows the agent's readiness line.
 fn wait_ready(child: &mut Child, serial: &Path) {
-    loop {
-        if std::fs::read_to_string(serial)
-            .unwrap_or_default()
-            .contains(READY)
-        {
-            return;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "sandbox-vmm exited ({status}) before the agent was ready:\n{}",
-                std::fs::read_to_string(serial).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for(child, serial, READY);
 }
 
 #[test]
@@ -500,18 +492,20 @@ fn guest_rss_kib(pid: u32, files: &[&Path]) -> u64 {
     total
 }
 
-/// Waits for `marker` on the console; panics with the console if the VMM exits first.
+/// Waits for `marker` on the console; panics with the console if the VMM exits first or
+/// the marker is not there within `MARKER_TIMEOUT`.
 fn wait_for(child: &mut Child, serial: &Path, marker: &str) {
-    loop {
-        let console = std::fs::read_to_string(serial).unwrap_or_default();
-        if console.contains(marker) {
-            return;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("sandbox-vmm exited ({status}) before {marker}:\n{console}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    common::wait_until(
+        child,
+        serial,
+        &format!("{marker} on the console"),
+        MARKER_TIMEOUT,
+        || {
+            std::fs::read_to_string(serial)
+                .unwrap_or_default()
+                .contains(marker)
+        },
+    );
 }
 
 #[test]

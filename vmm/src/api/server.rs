@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::builder::VirtioDevices;
 use crate::devices::legacy::I8042;
 use crate::event_loop::Subscriber;
+use crate::unix_listener::{StaleSocket, UnixSocketListener};
 use crate::vstate::trim::{self, HostRange};
 use crate::vstate::vcpu::{self, VcpuControl, VcpuHandle};
 use crate::vstate::{ExitReason, ExitSignal};
@@ -82,55 +83,39 @@ fn reply_err(error: &str) -> String {
     serde_json::json!({"ok": false, "error": error}).to_string()
 }
 
-/// The socket's path, removed when the server (or the unstarted handle) is dropped.
-struct SocketFile(PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// The bound socket, before the VM runs.
 pub struct ApiServerHandle {
-    listener: UnixListener,
-    path: SocketFile,
+    listener: UnixSocketListener,
     shutdown_timer: TimerFd,
     trim_timer: TimerFd,
 }
 
 impl ApiServerHandle {
-    /// Binds the socket at `path` (removed again when the VMM exits).
+    /// Binds the socket at `path` (removed again when the VMM exits); a file already there
+    /// is refused, not replaced.
     pub fn bind(path: &Path) -> Result<Self, ApiError> {
-        let listener = UnixListener::bind(path).map_err(|source| ApiError::Bind {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let file = SocketFile(path.to_path_buf());
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| ApiError::Bind {
+        let listener = UnixSocketListener::bind(path, StaleSocket::Refuse).map_err(|source| {
+            ApiError::Bind {
                 path: path.display().to_string(),
                 source,
-            })?;
+            }
+        })?;
         let shutdown_timer = TimerFd::new().map_err(ApiError::Timer)?;
         let trim_timer = TimerFd::new().map_err(ApiError::Timer)?;
         Ok(Self {
             listener,
-            path: file,
             shutdown_timer,
             trim_timer,
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path.0
+        self.listener.path()
     }
 
     /// The event-loop subscriber serving the socket.
     pub fn into_subscriber(self, vm: VmControl) -> Subscriber {
         Arc::new(Mutex::new(ApiServer {
-            _file: self.path,
             listener: self.listener,
             conns: HashMap::new(),
             vm,
@@ -147,8 +132,7 @@ struct Connection {
 
 struct ApiServer {
     /// Dropped with the event loop when the VMM exits, removing the socket file.
-    _file: SocketFile,
-    listener: UnixListener,
+    listener: UnixSocketListener,
     conns: HashMap<RawFd, Connection>,
     vm: VmControl,
     shutdown_timer: TimerFd,
@@ -236,33 +220,22 @@ impl ApiServer {
     }
 
     fn accept(&mut self, ops: &mut EventOps) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    let fd = stream.as_raw_fd();
-                    if ops
-                        .add(Events::new_raw(fd, EventSet::IN | EventSet::READ_HANG_UP))
-                        .is_ok()
-                    {
-                        self.conns.insert(
-                            fd,
-                            Connection {
-                                stream,
-                                buf: Vec::new(),
-                            },
-                        );
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "api: accept failed");
-                    return;
-                }
+        let conns = &mut self.conns;
+        self.listener.accept_all("api", |stream| {
+            let fd = stream.as_raw_fd();
+            if ops
+                .add(Events::new_raw(fd, EventSet::IN | EventSet::READ_HANG_UP))
+                .is_ok()
+            {
+                conns.insert(
+                    fd,
+                    Connection {
+                        stream,
+                        buf: Vec::new(),
+                    },
+                );
             }
-        }
+        });
     }
 
     /// Reads what is available; answers every complete line. Returns false to close.

@@ -8,10 +8,7 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::layout::SERIAL_IRQ;
-
-/// The keyboard IRQ of the i8042.
-pub const KEYBOARD_IRQ: u32 = 1;
+use crate::arch::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
 use crate::config::SerialOutput;
 use crate::devices::legacy::{PortSink, SerialDevice, I8042};
 use crate::devices::{Bus, BusError};

@@ -23,16 +23,10 @@ use std::sync::{Arc, Mutex};
 use event_manager::{MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
 
+use crate::arch::layout::{IRQ_BASE, IRQ_MAX, MMIO_DEVICES_START};
 use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::{GuestMemoryMmap, MmioTransport, VirtioDevice};
 use crate::devices::{Bus, BusError};
-
-/// Where the first virtio-mmio window lives (inside the 32-bit MMIO gap).
-pub const MMIO_BASE: u64 = 0xd000_0000;
-/// The IRQ of the first virtio device (4 is the serial port).
-pub const FIRST_IRQ: u32 = 5;
-/// The last IRQ the IOAPIC routes.
-pub const LAST_IRQ: u32 = 23;
 
 /// A subscriber as the event manager stores it.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -40,7 +34,7 @@ pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 /// Errors of virtio device placement.
 #[derive(Debug, thiserror::Error)]
 pub enum MmioError {
-    #[error("no IRQ left for virtio device {index}: IRQs {FIRST_IRQ}..={LAST_IRQ} are taken")]
+    #[error("no IRQ left for virtio device {index}: IRQs {IRQ_BASE}..={IRQ_MAX} are taken")]
     IrqsExhausted { index: u32 },
     #[error("cannot create the virtio-mmio transport: {0}")]
     Transport(std::io::Error),
@@ -92,11 +86,14 @@ impl MmioDeviceManager {
     /// The next window and IRQ, without taking them.
     fn next_slot(&self) -> Result<(u64, u32), MmioError> {
         let index = self.devices.len() as u32;
-        let irq = FIRST_IRQ + index;
-        if irq > LAST_IRQ {
+        let irq = IRQ_BASE + index;
+        if irq > IRQ_MAX {
             return Err(MmioError::IrqsExhausted { index });
         }
-        Ok((MMIO_BASE + u64::from(index) * MMIO_WINDOW_SIZE, irq))
+        Ok((
+            MMIO_DEVICES_START + u64::from(index) * MMIO_WINDOW_SIZE,
+            irq,
+        ))
     }
 
     /// Puts `device` on the bus behind a virtio-mmio transport, wires its queue kicks
@@ -169,20 +166,22 @@ mod tests {
     use event_manager::EventManager;
     use vm_memory::GuestAddress;
 
-    /// Creates a VM with an irqchip, or `None` where /dev/kvm is unusable.
-    fn vm() -> Option<VmFd> {
-        let kvm = kvm_ioctls::Kvm::new().ok()?;
-        let vm = kvm.create_vm().ok()?;
-        vm.create_irq_chip().ok()?;
-        Some(vm)
+    /// Creates a VM with an irqchip, or says why /dev/kvm cannot.
+    fn vm() -> Result<VmFd, kvm_ioctls::Error> {
+        let vm = kvm_ioctls::Kvm::new()?.create_vm()?;
+        vm.create_irq_chip()?;
+        Ok(vm)
     }
 
     #[test]
     fn devices_get_consecutive_windows_irqs_and_cmdline_entries() {
-        let Some(vm) = vm() else {
-            eprintln!("skipped: /dev/kvm cannot create a VM with an irqchip here");
-            return;
-        };
+        let vm = vm();
+        let why = vm.as_ref().err().map(ToString::to_string);
+        sandbox_tests::require!(
+            let Ok(vm) = vm,
+            "/dev/kvm cannot create a VM with an irqchip here: {}",
+            why.unwrap_or_default()
+        );
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mut bus = Bus::new();
         let mut em: EventManager<Subscriber> = EventManager::new().unwrap();
@@ -233,11 +232,11 @@ mod tests {
         let vsock: Arc<Mutex<dyn VirtioDevice>> =
             Arc::new(Mutex::new(Vsock::new(3, &dir.path().join("v")).unwrap()));
         let transport = Arc::new(Mutex::new(MmioTransport::new(mem, vsock).unwrap()));
-        for i in 0..=(LAST_IRQ - FIRST_IRQ) {
+        for i in 0..=(IRQ_MAX - IRQ_BASE) {
             mgr.devices.push(MmioDeviceInfo {
                 base: 0,
                 len: MMIO_WINDOW_SIZE,
-                irq: FIRST_IRQ + i,
+                irq: IRQ_BASE + i,
                 device_type: 19,
                 transport: transport.clone(),
             });

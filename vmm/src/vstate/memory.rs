@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::arch::layout::ram_ranges;
+use crate::arch::layout::{ram_ranges, PAGE_SIZE as PAGE};
 
 /// The guest memory type of the whole VMM.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
@@ -38,9 +38,6 @@ pub enum FileMapError {
         source: vm_memory::GuestMemoryError,
     },
 }
-
-/// Host page size (x86_64).
-const PAGE: u64 = 4096;
 
 /// Puts `len` bytes of `file` from `offset` into guest memory at `addr`.
 ///

@@ -13,8 +13,10 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-/// Host page size (x86_64).
-const PAGE: usize = 4096;
+use crate::arch::layout::PAGE_SIZE;
+
+/// Host page size, as the unit of the pagemap index.
+const PAGE: usize = PAGE_SIZE as usize;
 /// pagemap: the page is present.
 const PM_PRESENT: u64 = 1 << 63;
 /// pagemap: the page is a file page (or shared anonymous memory, which guest RAM is not).

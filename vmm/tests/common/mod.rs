@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 /// `guest.S` assembled for 0x100000:
 /// `as --32 -o guest.o guest.S && ld -m elf_i386 -Ttext=0x100000 --oformat binary -o guest.bin guest.o`
@@ -157,4 +158,38 @@ pub fn vmm_command(kernel: &Path, cmdline: &str, serial: &Path) -> Command {
         .args(["--cmdline", cmdline, "--memory", "16", "--serial"])
         .arg(serial);
     cmd
+}
+
+/// How often a wait loop looks again.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Polls `done` until it holds. Panics, saying that `what` did not happen and showing the
+/// guest console (`serial`), once `timeout` has passed (the VMM is killed first) or if the VMM
+/// exits before.
+pub fn wait_until(
+    child: &mut Child,
+    serial: &Path,
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    let console = || std::fs::read_to_string(serial).unwrap_or_default();
+    while !done() {
+        if let Some(status) = child.try_wait().expect("sandbox-vmm can be waited for") {
+            panic!(
+                "sandbox-vmm exited ({status}) before {what}; console:\n{}",
+                console()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} did not happen within {timeout:?}; console:\n{}",
+                console()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
 }

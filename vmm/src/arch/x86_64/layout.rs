@@ -24,7 +24,7 @@ pub const HIMEM_START: u64 = 0x10_0000;
 /// The 32-bit MMIO gap (virtio-mmio devices, IOAPIC, LAPIC) from 3 GiB to 4 GiB.
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
-/// Virtio-mmio device windows start here, one 4 KiB page each.
+/// Virtio-mmio device windows start here, one 4 KiB page each (inside the 32-bit MMIO gap).
 pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
 /// The IOAPIC and LAPIC register windows (emulated by KVM's in-kernel irqchip).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
@@ -32,10 +32,15 @@ pub const APIC_START: u64 = 0xfee0_0000;
 /// KVM's three-page TSS region and identity-map page (needed by VMX for real mode).
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
-/// IRQ lines: the serial port uses 4, virtio devices start at 5.
+/// IRQ lines: the i8042 keyboard uses 1, the serial port 4, and virtio devices one each from
+/// `IRQ_BASE` to `IRQ_MAX`, the last line the IOAPIC routes.
+pub const KEYBOARD_IRQ: u32 = 1;
 pub const SERIAL_IRQ: u32 = 4;
 pub const IRQ_BASE: u32 = 5;
 pub const IRQ_MAX: u32 = 23;
+
+/// The page size of guest and host (x86_64's base page), the unit of memory mappings.
+pub const PAGE_SIZE: u64 = 4096;
 
 /// Each virtio-pmem region starts on a 128 MiB boundary (a Linux memory section, which the
 /// guest hotplugs the region into) above RAM and the MMIO gap.

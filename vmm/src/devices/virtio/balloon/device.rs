@@ -1,37 +1,27 @@
 //! The virtio-balloon device state: features, configuration space, and what the device does
 //! with the buffers of its three queues (inflate, deflate, free page reporting).
 
-use std::sync::Arc;
-
 use tracing::{debug, warn};
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
+use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::features::VIRTIO_BALLOON_F_REPORTING;
-use super::release::{release_range, ReleaseError, PAGE_SIZE};
+use super::release::{release_range, ReleaseError};
 use super::{
     CONFIG_SPACE_SIZE, DEFLATEQ, INFLATEQ, MAX_PFNS_PER_DESCRIPTOR, PFN_SHIFT, QUEUE_SIZE,
     REPORTINGQ,
 };
-use crate::devices::virtio::features::VIRTIO_F_VERSION_1;
-use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger,
-    IrqType, VirtioDevice,
-};
+use crate::arch::layout::PAGE_SIZE;
+use crate::devices::virtio::{GuestMemoryMmap, QueueError, VirtioCommon, VirtioDevice};
 
 /// Errors of balloon device creation and queue processing.
 #[derive(Debug, thiserror::Error)]
 pub enum BalloonError {
     #[error("cannot create a balloon queue eventfd: {0}")]
     EventFd(std::io::Error),
-    #[error("balloon queue {index}: {source}")]
-    Queue {
-        index: usize,
-        source: virtio_queue::Error,
-    },
-    #[error("cannot signal the balloon interrupt: {0}")]
-    Interrupt(std::io::Error),
+    #[error("balloon {0}")]
+    Queue(#[from] QueueError),
 }
 
 /// What the guest handed back so far; read by tests and logged at debug level.
@@ -47,28 +37,30 @@ pub struct BalloonStats {
 
 /// A virtio-balloon device offering free page reporting.
 pub struct Balloon {
-    acked_features: u64,
-    /// `actual` in the configuration space: the pages the driver says it holds.
-    actual_pages: u32,
-    /// `poison_val`: what the driver writes into pages it frees (kept, not used).
-    poison_val: u32,
-    queue_evts: [EventFd; 3],
-    active: Option<ActiveState>,
+    common: VirtioCommon,
     stats: BalloonStats,
 }
+
+/// The fields of the configuration space the driver writes: `actual`, the pages it says it
+/// holds, and `poison_val`, what it writes into pages it frees (kept, not used). `num_pages`
+/// (the target, offset 0) stays 0; `free_page_hint_cmd_id` is unused.
+const ACTUAL_OFFSET: u64 = 4;
+const POISON_VAL_OFFSET: u64 = 12;
 
 /// The chains of one queue pass, to return to the guest.
 type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
 
 impl Balloon {
     pub fn new() -> Result<Self, BalloonError> {
-        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(BalloonError::EventFd);
+        let common = VirtioCommon::new(
+            VIRTIO_ID_BALLOON,
+            1 << VIRTIO_BALLOON_F_REPORTING,
+            &[QUEUE_SIZE; 3],
+            vec![0; CONFIG_SPACE_SIZE],
+        )
+        .map_err(BalloonError::EventFd)?;
         Ok(Self {
-            acked_features: 0,
-            actual_pages: 0,
-            poison_val: 0,
-            queue_evts: [evt()?, evt()?, evt()?],
-            active: None,
+            common,
             stats: BalloonStats::default(),
         })
     }
@@ -87,37 +79,21 @@ impl Balloon {
     }
 
     fn process_queue(&mut self, index: usize) -> Result<(), BalloonError> {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.active_mut() else {
             return Ok(());
         };
-        let mem = &active.mem;
-        let queue = &mut active.queues[index];
-        let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
+        let stats = &mut self.stats;
+        let served = active.serve_queue(index, |chain, mem| {
             match index {
-                INFLATEQ => inflate(chain, mem, &mut self.stats),
-                REPORTINGQ => report(chain, mem, &mut self.stats),
+                INFLATEQ => inflate(chain, mem, stats),
+                REPORTINGQ => report(chain, mem, stats),
                 // Deflated pages come back when the guest touches them.
                 _ => {}
             }
             // Nothing is written into any of these buffers.
-            queue
-                .add_used(mem, head, 0)
-                .map_err(|source| BalloonError::Queue { index, source })?;
-            used_any = true;
-        }
-        if used_any
-            && queue
-                .needs_notification(mem)
-                .map_err(|source| BalloonError::Queue { index, source })?
-        {
-            active
-                .interrupt
-                .trigger(IrqType::Vring)
-                .map_err(BalloonError::Interrupt)?;
-        }
-        if used_any {
+            0
+        })?;
+        if served > 0 {
             debug!(queue = index, stats = ?self.stats, "virtio-balloon: buffers returned");
         }
         Ok(())
@@ -200,47 +176,26 @@ fn reject(stats: &mut BalloonStats, e: &ReleaseError) {
 }
 
 impl VirtioDevice for Balloon {
-    fn device_type(&self) -> u32 {
-        device_type::BALLOON
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE; 3]
-    }
-
-    fn avail_features(&self) -> u64 {
-        (1u64 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_BALLOON_F_REPORTING)
-    }
-
-    fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let mut config = [0u8; CONFIG_SPACE_SIZE];
-        // num_pages (the target) stays 0; free_page_hint_cmd_id is unused.
-        config[4..8].copy_from_slice(&self.actual_pages.to_le_bytes());
-        config[12..16].copy_from_slice(&self.poison_val.to_le_bytes());
-        read_config_bytes(&config, offset, data);
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // The driver writes the whole of `actual` or `poison_val`, nothing else.
-        let Ok(value) = <[u8; 4]>::try_from(data) else {
+        if data.len() != 4 {
             warn!(
                 offset,
                 len = data.len(),
                 "virtio-balloon: configuration write of the wrong size"
             );
             return;
-        };
+        }
         match offset {
-            4 => self.actual_pages = u32::from_le_bytes(value),
-            12 => self.poison_val = u32::from_le_bytes(value),
+            ACTUAL_OFFSET | POISON_VAL_OFFSET => self.common.write_config(offset, data),
             _ => warn!(
                 offset,
                 "virtio-balloon: write to a read-only configuration field"
@@ -248,37 +203,10 @@ impl VirtioDevice for Balloon {
         }
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<IrqTrigger>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
-        self.active = Some(ActiveState::new(
-            self.active.is_some(),
-            3,
-            mem,
-            interrupt,
-            queues,
-        )?);
-        // Buffers queued before activation (a kick that arrived early) are served now.
-        let _ = self.queue_evts[INFLATEQ].write(1);
-        Ok(())
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
     fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
-        self.actual_pages = 0;
-        self.poison_val = 0;
+        self.common.reset();
+        // `actual` and `poison_val` go back to 0 with the driver that wrote them.
+        self.common.config_space_mut().fill(0);
     }
 }
 
@@ -286,12 +214,14 @@ impl VirtioDevice for Balloon {
 mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::guest_memory;
+    use crate::devices::virtio::{ActivateError, IrqTrigger, IrqType};
+    use std::sync::Arc;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{Queue, QueueT};
 
-    const NEXT: u16 = 1;
-    const WRITE: u16 = 2;
+    use crate::devices::virtio::test_utils::{NEXT, WRITE};
     const DATA: u64 = 0x10_0000;
 
     fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {

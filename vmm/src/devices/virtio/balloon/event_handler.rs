@@ -1,9 +1,7 @@
 //! What virtio-balloon does when the event loop wakes it: a kick of any of its queues (their
 //! ioeventfds) makes it serve all three.
 
-use std::os::fd::AsRawFd;
-
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use tracing::error;
 
 use super::Balloon;
@@ -11,21 +9,12 @@ use crate::devices::virtio::VirtioDevice;
 
 impl MutEventSubscriber for Balloon {
     fn init(&mut self, ops: &mut EventOps) {
-        for evt in self.queue_events() {
-            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                error!(error = ?e, "virtio-balloon: cannot poll a queue event");
-            }
-        }
+        self.common().poll_queue_events(ops);
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let fd = events.fd();
-        // The counters only wake us; their values do not matter.
-        for evt in self.queue_events() {
-            if evt.as_raw_fd() == fd {
-                let _ = evt.read();
-            }
-        }
+        // Whichever queue was kicked, all three are served.
+        self.common().take_queue_event(events.fd());
         if let Err(e) = self.process_queues() {
             error!(error = %e, "virtio-balloon: queue processing failed");
         }
@@ -36,7 +25,7 @@ impl MutEventSubscriber for Balloon {
 mod tests {
     use super::*;
     use crate::devices::virtio::balloon::{QUEUE_SIZE, REPORTINGQ};
-    use crate::devices::virtio::test_utils::guest_memory;
+    use crate::devices::virtio::test_utils::{guest_memory, WRITE};
     use crate::devices::virtio::IrqTrigger;
     use event_manager::{EventManager, SubscriberOps};
     use std::sync::{Arc, Mutex};
@@ -58,7 +47,9 @@ mod tests {
             .unwrap();
         let q = MockSplitQueue::new(&mem, 16);
         q.add_desc_chains(
-            &[RawDescriptor::from(Descriptor::new(0x20_0000, 8192, 2, 0))],
+            &[RawDescriptor::from(Descriptor::new(
+                0x20_0000, 8192, WRITE, 0,
+            ))],
             0,
         )
         .unwrap();

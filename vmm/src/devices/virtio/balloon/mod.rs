@@ -29,7 +29,7 @@ pub const MAX_PFNS_PER_DESCRIPTOR: u32 = 4096;
 /// struct virtio_balloon_config: num_pages, actual, free_page_hint_cmd_id, poison_val.
 pub const CONFIG_SPACE_SIZE: usize = 16;
 
-/// Feature bits of virtio-balloon.
+/// Feature bits of virtio-balloon (virtio-bindings has no `virtio_balloon.h`).
 pub mod features {
     /// The device takes free page reports on the reporting queue.
     pub const VIRTIO_BALLOON_F_REPORTING: u32 = 5;

@@ -8,10 +8,8 @@ use vm_memory::{
     Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
 };
 
+use crate::arch::layout::PAGE_SIZE;
 use crate::devices::virtio::GuestMemoryMmap;
-
-/// Granule of a release: guest pages and host pages are 4 KiB on x86_64.
-pub const PAGE_SIZE: u64 = 4096;
 
 /// Why a range was not released; the guest gets no feedback, the VMM logs it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -5,21 +5,15 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tracing::warn;
-use virtio_queue::{Queue, QueueT};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use vm_memory::Bytes;
-use vmm_sys_util::eventfd::EventFd;
 
-use super::features::*;
-use super::request::Request;
+use super::request::{Request, RequestType};
 use super::{status, DISK_ID_LEN, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX};
-use crate::devices::virtio::features::VIRTIO_F_VERSION_1;
-use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger,
-    IrqType, VirtioDevice,
-};
+use crate::devices::virtio::{QueueError, VirtioCommon, VirtioDevice};
 
 /// Errors of block device creation and queue processing.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +31,7 @@ pub enum BlockError {
     #[error("cannot create the queue eventfd: {0}")]
     EventFd(std::io::Error),
     #[error("request queue of the block device: {0}")]
-    Queue(virtio_queue::Error),
-    #[error("cannot signal the block device interrupt: {0}")]
-    Interrupt(std::io::Error),
+    Queue(#[from] QueueError),
 }
 
 /// A virtio-blk device backed by a file.
@@ -49,11 +41,7 @@ pub struct Block {
     read_only: bool,
     capacity: u64,
     disk_id: [u8; DISK_ID_LEN],
-    avail_features: u64,
-    acked_features: u64,
-    config: [u8; 24],
-    queue_evts: [EventFd; 1],
-    active: Option<ActiveState>,
+    common: VirtioCommon,
 }
 
 impl Block {
@@ -87,15 +75,14 @@ impl Block {
         let n = id.len().min(DISK_ID_LEN);
         disk_id[..n].copy_from_slice(&id.as_bytes()[..n]);
 
-        let mut avail_features =
-            (1u64 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_BLK_F_SEG_MAX) | (1 << VIRTIO_BLK_F_FLUSH);
+        let mut features = (1 << VIRTIO_BLK_F_SEG_MAX) | (1 << VIRTIO_BLK_F_FLUSH);
         if read_only {
-            avail_features |= 1 << VIRTIO_BLK_F_RO;
+            features |= 1 << VIRTIO_BLK_F_RO;
         }
 
         // struct virtio_blk_config: capacity (u64), size_max (u32), seg_max (u32),
         // geometry (4 bytes), blk_size (u32).
-        let mut config = [0u8; 24];
+        let mut config = vec![0u8; 24];
         config[0..8].copy_from_slice(&capacity.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
@@ -106,11 +93,8 @@ impl Block {
             read_only,
             capacity,
             disk_id,
-            avail_features,
-            acked_features: 0,
-            config,
-            queue_evts: [EventFd::new(libc::EFD_NONBLOCK).map_err(BlockError::EventFd)?],
-            active: None,
+            common: VirtioCommon::new(VIRTIO_ID_BLOCK, features, &[QUEUE_SIZE], config)
+                .map_err(BlockError::EventFd)?,
         })
     }
 
@@ -136,130 +120,67 @@ impl Block {
 
     /// Serves every available request, then interrupts the guest if it wants to know.
     pub fn process_queue(&mut self) -> Result<(), BlockError> {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.active_mut() else {
             return Ok(());
         };
-        let mem = &active.mem;
-        let queue = &mut active.queues[0];
-        let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let used_len = match Request::parse(chain, self.capacity) {
-                Ok(req) => {
-                    let (status, written) = if self.read_only
-                        && req.request_type == super::RequestType::Out
-                    {
-                        (status::IOERR, 0)
-                    } else {
-                        match req.execute(&self.disk, &self.disk_id, mem) {
-                            Ok(n) => (status::OK, n),
-                            Err(e) => {
-                                warn!(path = %self.path.display(), error = %e, "virtio-blk: request failed");
-                                (status::IOERR, 0)
-                            }
-                        }
-                    };
-                    match mem.write_obj(status, req.status_addr) {
-                        Ok(()) => written + 1,
-                        Err(_) => 0,
-                    }
-                }
+        active.serve_queue(0, |chain, mem| {
+            let req = match Request::parse(chain, self.capacity) {
+                Ok(req) => req,
                 Err(rejected) => {
                     warn!(error = %rejected.error, "virtio-blk: request rejected");
-                    match rejected.status_addr {
+                    return match rejected.status_addr {
                         Some(addr) if mem.write_obj(rejected.status(), addr).is_ok() => 1,
                         _ => 0,
+                    };
+                }
+            };
+            let (status, written) = if self.read_only && req.request_type == RequestType::Out {
+                (status::IOERR, 0)
+            } else {
+                match req.execute(&self.disk, &self.disk_id, mem) {
+                    Ok(n) => (status::OK, n),
+                    Err(e) => {
+                        warn!(path = %self.path.display(), error = %e, "virtio-blk: request failed");
+                        (status::IOERR, 0)
                     }
                 }
             };
-            queue
-                .add_used(mem, head, used_len)
-                .map_err(BlockError::Queue)?;
-            used_any = true;
-        }
-        if used_any && queue.needs_notification(mem).map_err(BlockError::Queue)? {
-            active
-                .interrupt
-                .trigger(IrqType::Vring)
-                .map_err(BlockError::Interrupt)?;
-        }
+            match mem.write_obj(status, req.status_addr) {
+                Ok(()) => written + 1,
+                Err(_) => 0,
+            }
+        })?;
         Ok(())
     }
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        device_type::BLOCK
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        warn!(offset, "virtio-blk: configuration space is read-only");
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<IrqTrigger>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
-        self.active = Some(ActiveState::new(
-            self.active.is_some(),
-            1,
-            mem,
-            interrupt,
-            queues,
-        )?);
-        // Requests queued before activation (a kick that arrived early) are served now.
-        let _ = self.queue_evts[0].write(1);
-        Ok(())
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::block::request_type;
     use crate::devices::virtio::test_utils::guest_memory;
+    use crate::devices::virtio::{ActivateError, GuestMemoryMmap, IrqTrigger, IrqType};
     use std::io::{Read, Seek, SeekFrom, Write};
+    use std::sync::Arc;
+    use virtio_bindings::virtio_blk::{
+        VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    };
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{Queue, QueueT};
     use vm_memory::GuestAddress;
 
-    const W: u16 = 2;
+    use crate::devices::virtio::test_utils::{NEXT, WRITE as W};
     const HDR: u64 = 0x10_0000;
     const DATA: u64 = 0x20_0000;
     const STATUS: u64 = 0x30_0000;
@@ -304,7 +225,7 @@ mod tests {
         for (i, raw) in descs.iter_mut().enumerate() {
             let mut desc = Descriptor::from(*raw);
             if i < last {
-                desc.set_flags(desc.flags() | 1);
+                desc.set_flags(desc.flags() | NEXT);
                 desc.set_next(i as u16 + 1);
             }
             *raw = RawDescriptor::from(desc);
@@ -382,7 +303,7 @@ mod tests {
     #[test]
     fn read_returns_file_bytes() {
         let mut f = fixture(false);
-        header(&f.mem, request_type::IN, 3);
+        header(&f.mem, VIRTIO_BLK_T_IN, 3);
         let (status, len) = submit(
             &mut f,
             &[
@@ -408,7 +329,7 @@ mod tests {
         let mut f = fixture(false);
         let payload: Vec<u8> = (0..1024u32).map(|i| (i * 7 % 251) as u8).collect();
         f.mem.write_slice(&payload, GuestAddress(DATA)).unwrap();
-        header(&f.mem, request_type::OUT, 5);
+        header(&f.mem, VIRTIO_BLK_T_OUT, 5);
         let (status, len) = submit(&mut f, &[d(HDR, 16, 0), d(DATA, 1024, 0), d(STATUS, 1, W)]);
         assert_eq!(status, status::OK);
         assert_eq!(len, 1);
@@ -417,7 +338,7 @@ mod tests {
         assert!(bytes[4 * 512..5 * 512].iter().all(|&b| b == 4));
         assert!(bytes[7 * 512..].iter().all(|&b| b == 7));
 
-        header(&f.mem, request_type::FLUSH, 0);
+        header(&f.mem, VIRTIO_BLK_T_FLUSH, 0);
         let (status, len) = submit(&mut f, &[d(HDR, 16, 0), d(STATUS, 1, W)]);
         assert_eq!((status, len), (status::OK, 1));
     }
@@ -425,7 +346,7 @@ mod tests {
     #[test]
     fn get_id_returns_the_disk_serial() {
         let mut f = fixture(false);
-        header(&f.mem, request_type::GET_ID, 0);
+        header(&f.mem, VIRTIO_BLK_T_GET_ID, 0);
         let (status, len) = submit(&mut f, &[d(HDR, 16, 0), d(DATA, 20, W), d(STATUS, 1, W)]);
         assert_eq!((status, len), (status::OK, 21));
         let mut id = [0u8; 20];
@@ -438,12 +359,12 @@ mod tests {
     fn read_only_disk_rejects_writes() {
         let mut f = fixture(true);
         f.mem.write_slice(&[0xaa; 512], GuestAddress(DATA)).unwrap();
-        header(&f.mem, request_type::OUT, 0);
+        header(&f.mem, VIRTIO_BLK_T_OUT, 0);
         let (status, len) = submit(&mut f, &[d(HDR, 16, 0), d(DATA, 512, 0), d(STATUS, 1, W)]);
         assert_eq!((status, len), (status::IOERR, 1));
         assert!(file_bytes(&mut f)[..512].iter().all(|&b| b == 0));
         // Reads still work.
-        header(&f.mem, request_type::IN, 1);
+        header(&f.mem, VIRTIO_BLK_T_IN, 1);
         let (status, _) = submit(&mut f, &[d(HDR, 16, 0), d(DATA, 512, W), d(STATUS, 1, W)]);
         assert_eq!(status, status::OK);
     }
@@ -452,7 +373,7 @@ mod tests {
     fn hostile_chains_get_an_error_or_are_dropped() {
         let mut f = fixture(false);
         let original = file_bytes(&mut f);
-        header(&f.mem, request_type::OUT, 7);
+        header(&f.mem, VIRTIO_BLK_T_OUT, 7);
         // Write past the end of the disk.
         let (status, len) = submit(&mut f, &[d(HDR, 16, 0), d(DATA, 1024, 0), d(STATUS, 1, W)]);
         assert_eq!((status, len), (status::IOERR, 1));
@@ -461,7 +382,7 @@ mod tests {
         let (status, len) = submit(&mut f, &[d(HDR, 16, 0), d(DATA, 512, 0), d(STATUS, 1, 0)]);
         assert_eq!((status, len), (0xff, 0));
         // Data outside guest memory.
-        header(&f.mem, request_type::IN, 0);
+        header(&f.mem, VIRTIO_BLK_T_IN, 0);
         let (status, len) = submit(
             &mut f,
             &[d(HDR, 16, 0), d(1 << 40, 512, W), d(STATUS, 1, W)],

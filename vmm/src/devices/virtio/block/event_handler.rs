@@ -1,7 +1,7 @@
 //! What virtio-blk does when the event loop wakes it: a kick of the request queue
 //! (its ioeventfd) makes it serve every pending request.
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use tracing::error;
 
 use super::Block;
@@ -9,17 +9,13 @@ use crate::devices::virtio::VirtioDevice;
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.queue_events()[0], EventSet::IN)) {
-            error!(path = %self.path().display(), error = ?e, "virtio-blk: cannot poll the queue event");
-        }
+        self.common().poll_queue_events(ops);
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.fd() != std::os::fd::AsRawFd::as_raw_fd(&self.queue_events()[0]) {
+        if self.common().take_queue_event(events.fd()).is_none() {
             return;
         }
-        // The counter only wakes us; its value does not matter.
-        let _ = self.queue_events()[0].read();
         if let Err(e) = self.process_queue() {
             error!(path = %self.path().display(), error = %e, "virtio-blk: queue processing failed");
         }
@@ -29,10 +25,11 @@ impl MutEventSubscriber for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::test_utils::guest_memory;
+    use crate::devices::virtio::test_utils::{guest_memory, NEXT, WRITE};
     use crate::devices::virtio::IrqTrigger;
     use event_manager::{EventManager, SubscriberOps};
     use std::sync::{Arc, Mutex};
+    use virtio_bindings::virtio_blk::VIRTIO_BLK_T_GET_ID;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
@@ -51,12 +48,13 @@ mod tests {
 
         let q = MockSplitQueue::new(&mem, 16);
         // A GET_ID request: header, 20-byte buffer, status.
-        mem.write_obj(8u32, GuestAddress(0x10_0000)).unwrap();
+        mem.write_obj(VIRTIO_BLK_T_GET_ID, GuestAddress(0x10_0000))
+            .unwrap();
         q.add_desc_chains(
             &[
-                RawDescriptor::from(Descriptor::new(0x10_0000, 16, 1, 1)),
-                RawDescriptor::from(Descriptor::new(0x20_0000, 20, 3, 2)),
-                RawDescriptor::from(Descriptor::new(0x30_0000, 1, 2, 0)),
+                RawDescriptor::from(Descriptor::new(0x10_0000, 16, NEXT, 1)),
+                RawDescriptor::from(Descriptor::new(0x20_0000, 20, WRITE | NEXT, 2)),
+                RawDescriptor::from(Descriptor::new(0x30_0000, 1, WRITE, 0)),
             ],
             0,
         )

@@ -3,10 +3,14 @@
 
 mod device;
 mod event_handler;
+mod io;
 mod request;
 
 pub use device::{Block, BlockError};
+pub use io::IoError;
 pub use request::{Rejected, Request, RequestError, RequestType};
+
+use virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES;
 
 /// Size of a virtio-blk sector, fixed by the spec whatever the backing file's block size.
 pub const SECTOR_SIZE: u64 = 512;
@@ -17,26 +21,13 @@ pub const QUEUE_SIZE: u16 = 64;
 /// Data descriptors allowed per request (header and status take the other two).
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Length of the GET_ID answer.
-pub const DISK_ID_LEN: usize = 20;
+pub const DISK_ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
 
-/// Feature bits of virtio-blk.
-pub mod features {
-    pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
-    pub const VIRTIO_BLK_F_RO: u32 = 5;
-    pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
-}
-
-/// Request types.
-pub mod request_type {
-    pub const IN: u32 = 0;
-    pub const OUT: u32 = 1;
-    pub const FLUSH: u32 = 4;
-    pub const GET_ID: u32 = 8;
-}
-
-/// Status values written in the last byte of a request.
+/// Status values written in the last byte of a request (`VIRTIO_BLK_S_*`, as that byte).
 pub mod status {
-    pub const OK: u8 = 0;
-    pub const IOERR: u8 = 1;
-    pub const UNSUPP: u8 = 2;
+    use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+
+    pub const OK: u8 = VIRTIO_BLK_S_OK as u8;
+    pub const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+    pub const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 }

@@ -1,20 +1,18 @@
 //! Parsing and validation of one virtio-blk request (a descriptor chain from the guest):
 //! a 16-byte readable header, data buffers of the right direction, a writable status byte.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory, Permissions};
 
-use super::{request_type, status, DISK_ID_LEN, SECTOR_SIZE, SEG_MAX};
+use super::{status, SECTOR_SIZE, SEG_MAX};
 use crate::devices::virtio::GuestMemoryMmap;
 
 /// Length of `struct virtio_blk_outhdr`.
 const HEADER_LEN: u32 = 16;
-/// Largest bounce buffer used to move data between the file and guest memory.
-const IO_CHUNK: usize = 64 << 10;
 
 /// The request header as the guest lays it out (little endian).
 #[derive(Debug, Default, Clone, Copy)]
@@ -105,17 +103,6 @@ pub struct Request {
     pub status_addr: GuestAddress,
 }
 
-/// An I/O failure of a valid request; the guest sees IOERR.
-#[derive(Debug, thiserror::Error)]
-pub enum IoError {
-    #[error("disk file I/O at byte {offset}: {source}")]
-    File { offset: u64, source: std::io::Error },
-    #[error("guest memory access at {0:#x} failed")]
-    GuestMemory(u64),
-    #[error("flush of the disk file: {0}")]
-    Flush(std::io::Error),
-}
-
 impl Request {
     /// Validates `chain` against guest memory and a disk of `capacity` sectors.
     pub fn parse(
@@ -158,10 +145,10 @@ impl Request {
         };
         let raw_type = u32::from_le(header.request_type);
         let request_type = match raw_type {
-            request_type::IN => RequestType::In,
-            request_type::OUT => RequestType::Out,
-            request_type::FLUSH => RequestType::Flush,
-            request_type::GET_ID => RequestType::GetId,
+            VIRTIO_BLK_T_IN => RequestType::In,
+            VIRTIO_BLK_T_OUT => RequestType::Out,
+            VIRTIO_BLK_T_FLUSH => RequestType::Flush,
+            VIRTIO_BLK_T_GET_ID => RequestType::GetId,
             t => return reject(RequestError::UnsupportedType(t), status_addr),
         };
         let sector = u64::from_le(header.sector);
@@ -233,70 +220,6 @@ impl Request {
             status_addr: last.addr(),
         })
     }
-
-    /// Performs the request on `disk`; returns how many bytes were written to guest buffers
-    /// (not counting the status byte).
-    pub fn execute(
-        &self,
-        disk: &File,
-        disk_id: &[u8; DISK_ID_LEN],
-        mem: &GuestMemoryMmap,
-    ) -> Result<u32, IoError> {
-        // Parsing bounded `sector` by the capacity, so the byte offset cannot overflow.
-        let mut offset = self.sector * SECTOR_SIZE;
-        let mut written: u32 = 0;
-        let mut buf = Vec::new();
-        match self.request_type {
-            RequestType::In => {
-                for &(addr, len) in &self.data {
-                    let mut done = 0usize;
-                    while done < len as usize {
-                        let n = (len as usize - done).min(IO_CHUNK);
-                        buf.resize(n, 0);
-                        disk.read_exact_at(&mut buf, offset)
-                            .map_err(|source| IoError::File { offset, source })?;
-                        let at = addr.unchecked_add(done as u64);
-                        mem.write_slice(&buf, at)
-                            .map_err(|_| IoError::GuestMemory(at.0))?;
-                        done += n;
-                        offset += n as u64;
-                    }
-                    written += len;
-                }
-            }
-            RequestType::Out => {
-                for &(addr, len) in &self.data {
-                    let mut done = 0usize;
-                    while done < len as usize {
-                        let n = (len as usize - done).min(IO_CHUNK);
-                        buf.resize(n, 0);
-                        let at = addr.unchecked_add(done as u64);
-                        mem.read_slice(&mut buf, at)
-                            .map_err(|_| IoError::GuestMemory(at.0))?;
-                        disk.write_all_at(&buf, offset)
-                            .map_err(|source| IoError::File { offset, source })?;
-                        done += n;
-                        offset += n as u64;
-                    }
-                }
-            }
-            RequestType::Flush => disk.sync_all().map_err(IoError::Flush)?,
-            RequestType::GetId => {
-                let mut id = &disk_id[..];
-                for &(addr, len) in &self.data {
-                    if id.is_empty() {
-                        break;
-                    }
-                    let n = id.len().min(len as usize);
-                    mem.write_slice(&id[..n], addr)
-                        .map_err(|_| IoError::GuestMemory(addr.0))?;
-                    id = &id[n..];
-                    written += n as u32;
-                }
-            }
-        }
-        Ok(written)
-    }
 }
 
 #[cfg(test)]
@@ -307,8 +230,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueOwnedT};
 
-    const VRING_DESC_F_NEXT: u16 = 1;
-    const W: u16 = 2;
+    use crate::devices::virtio::test_utils::{NEXT, WRITE as W};
     const HDR: u64 = 0x10_0000;
     const DATA: u64 = 0x20_0000;
     const STATUS: u64 = 0x30_0000;
@@ -344,7 +266,7 @@ mod tests {
     #[test]
     fn parses_a_valid_read() {
         let mem = guest_memory();
-        write_header(&mem, request_type::IN, 2);
+        write_header(&mem, VIRTIO_BLK_T_IN, 2);
         let r = parse(
             &mem,
             &[
@@ -367,7 +289,7 @@ mod tests {
     #[test]
     fn rejects_wrong_directions() {
         let mem = guest_memory();
-        write_header(&mem, request_type::IN, 0);
+        write_header(&mem, VIRTIO_BLK_T_IN, 0);
         // Device-writable header.
         let e = err(parse(
             &mem,
@@ -386,7 +308,7 @@ mod tests {
             RequestError::DataWrongDirection { index: 1, .. }
         ));
         // Device-writable data buffer for a write.
-        write_header(&mem, request_type::OUT, 0);
+        write_header(&mem, VIRTIO_BLK_T_OUT, 0);
         let e = err(parse(
             &mem,
             &[desc(HDR, 16, 0), desc(DATA, 512, W), desc(STATUS, 1, W)],
@@ -408,7 +330,7 @@ mod tests {
     fn rejects_buffers_outside_guest_memory() {
         let mem = guest_memory();
         let beyond = 16 << 20;
-        write_header(&mem, request_type::IN, 0);
+        write_header(&mem, VIRTIO_BLK_T_IN, 0);
         let e = err(parse(
             &mem,
             &[desc(HDR, 16, 0), desc(beyond, 512, W), desc(STATUS, 1, W)],
@@ -440,7 +362,7 @@ mod tests {
     #[test]
     fn rejects_zero_length_and_short_header() {
         let mem = guest_memory();
-        write_header(&mem, request_type::IN, 0);
+        write_header(&mem, VIRTIO_BLK_T_IN, 0);
         let e = err(parse(
             &mem,
             &[desc(HDR, 16, 0), desc(DATA, 0, W), desc(STATUS, 1, W)],
@@ -463,21 +385,21 @@ mod tests {
     #[test]
     fn rejects_sectors_beyond_capacity_and_bad_lengths() {
         let mem = guest_memory();
-        write_header(&mem, request_type::IN, CAPACITY - 1);
+        write_header(&mem, VIRTIO_BLK_T_IN, CAPACITY - 1);
         let e = err(parse(
             &mem,
             &[desc(HDR, 16, 0), desc(DATA, 1024, W), desc(STATUS, 1, W)],
         ));
         assert!(matches!(e.error, RequestError::SectorOutOfRange { .. }));
         // Overflowing sector number.
-        write_header(&mem, request_type::OUT, u64::MAX);
+        write_header(&mem, VIRTIO_BLK_T_OUT, u64::MAX);
         let e = err(parse(
             &mem,
             &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, W)],
         ));
         assert!(matches!(e.error, RequestError::SectorOutOfRange { .. }));
         // Partial sector.
-        write_header(&mem, request_type::IN, 0);
+        write_header(&mem, VIRTIO_BLK_T_IN, 0);
         let e = err(parse(
             &mem,
             &[desc(HDR, 16, 0), desc(DATA, 100, W), desc(STATUS, 1, W)],
@@ -510,9 +432,9 @@ mod tests {
     #[test]
     fn rejects_descriptor_loops() {
         let mem = guest_memory();
-        write_header(&mem, request_type::IN, 0);
+        write_header(&mem, VIRTIO_BLK_T_IN, 0);
         let q = MockSplitQueue::new(&mem, 16);
-        let n = VRING_DESC_F_NEXT;
+        let n = NEXT;
         // 0 -> 1 -> 2 -> 1: the status descriptor points back into the chain.
         let descs = [
             RawDescriptor::from(Descriptor::new(HDR, 16, n, 1)),
@@ -570,20 +492,20 @@ mod tests {
                     2 => 0,
                     _ => (r >> 32) as u32,
                 };
-                let mut flags = (r >> 40) as u16 & (W | VRING_DESC_F_NEXT);
+                let mut flags = (r >> 40) as u16 & (W | NEXT);
                 let next_idx = if (r >> 48) % 4 == 0 {
                     (r >> 50) as u16 % 20
                 } else {
                     i as u16 + 1
                 };
                 if i + 1 == count && (r >> 56) % 2 == 0 {
-                    flags &= !(VRING_DESC_F_NEXT);
+                    flags &= !NEXT;
                 }
                 descs.push(RawDescriptor::from(Descriptor::new(
                     addr, len, flags, next_idx,
                 )));
             }
-            let t = [request_type::IN, request_type::OUT, 4, 8, 99][(next() % 5) as usize];
+            let t = [VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, 4, 8, 99][(next() % 5) as usize];
             write_header(&mem, t, next() % 12);
             q.add_desc_chains(&descs, 0).unwrap();
             let mut queue: Queue = q.create_queue().unwrap();

@@ -3,20 +3,14 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tracing::warn;
-use virtio_queue::{Queue, QueueT};
+use virtio_bindings::virtio_ids::VIRTIO_ID_PMEM;
 use vm_memory::Bytes;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::request::FlushRequest;
 use super::{PmemBacking, QUEUE_SIZE, RESP_EIO, RESP_OK};
-use crate::devices::virtio::features::VIRTIO_F_VERSION_1;
-use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger,
-    IrqType, VirtioDevice,
-};
+use crate::devices::virtio::{QueueError, VirtioCommon, VirtioDevice};
 
 /// Errors of pmem device creation and queue processing.
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +23,7 @@ pub enum PmemError {
     #[error("cannot create the queue eventfd: {0}")]
     EventFd(std::io::Error),
     #[error("request queue of the pmem device: {0}")]
-    Queue(virtio_queue::Error),
-    #[error("cannot signal the pmem device interrupt: {0}")]
-    Interrupt(std::io::Error),
+    Queue(#[from] QueueError),
 }
 
 /// A virtio-pmem device whose region the builder mapped at `start`.
@@ -39,11 +31,7 @@ pub struct Pmem {
     file: File,
     path: PathBuf,
     read_only: bool,
-    acked_features: u64,
-    /// `struct virtio_pmem_config`: start (le64), size (le64).
-    config: [u8; 16],
-    queue_evts: [EventFd; 1],
-    active: Option<ActiveState>,
+    common: VirtioCommon,
 }
 
 impl Pmem {
@@ -56,17 +44,16 @@ impl Pmem {
                 path: backing.path().to_owned(),
                 source,
             })?;
-        let mut config = [0u8; 16];
+        // struct virtio_pmem_config: start (le64), size (le64).
+        let mut config = vec![0u8; 16];
         config[0..8].copy_from_slice(&start.to_le_bytes());
         config[8..16].copy_from_slice(&backing.region_len().to_le_bytes());
         Ok(Self {
             file,
             path: backing.path().to_owned(),
             read_only: backing.read_only(),
-            acked_features: 0,
-            config,
-            queue_evts: [EventFd::new(libc::EFD_NONBLOCK).map_err(PmemError::EventFd)?],
-            active: None,
+            common: VirtioCommon::new(VIRTIO_ID_PMEM, 0, &[QUEUE_SIZE], config)
+                .map_err(PmemError::EventFd)?,
         })
     }
 
@@ -76,14 +63,10 @@ impl Pmem {
 
     /// Serves every available request, then interrupts the guest if it wants to know.
     pub fn process_queue(&mut self) -> Result<(), PmemError> {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.active_mut() else {
             return Ok(());
         };
-        let mem = &active.mem;
-        let queue = &mut active.queues[0];
-        let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
+        active.serve_queue(0, |chain, mem| {
             let answer = match FlushRequest::parse(chain) {
                 Ok(req) => {
                     let ret = match flush(&self.file, self.read_only) {
@@ -100,21 +83,11 @@ impl Pmem {
                     rejected.response.map(|addr| (addr, RESP_EIO))
                 }
             };
-            let used_len = match answer {
+            match answer {
                 Some((addr, ret)) if mem.write_obj(ret.to_le(), addr).is_ok() => 4,
                 _ => 0,
-            };
-            queue
-                .add_used(mem, head, used_len)
-                .map_err(PmemError::Queue)?;
-            used_any = true;
-        }
-        if used_any && queue.needs_notification(mem).map_err(PmemError::Queue)? {
-            active
-                .interrupt
-                .trigger(IrqType::Vring)
-                .map_err(PmemError::Interrupt)?;
-        }
+            }
+        })?;
         Ok(())
     }
 }
@@ -129,62 +102,12 @@ fn flush(file: &File, read_only: bool) -> std::io::Result<()> {
 }
 
 impl VirtioDevice for Pmem {
-    fn device_type(&self) -> u32 {
-        device_type::PMEM
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn avail_features(&self) -> u64 {
-        1 << VIRTIO_F_VERSION_1
-    }
-
-    fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        warn!(offset, "virtio-pmem: configuration space is read-only");
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<IrqTrigger>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
-        self.active = Some(ActiveState::new(
-            self.active.is_some(),
-            1,
-            mem,
-            interrupt,
-            queues,
-        )?);
-        let _ = self.queue_evts[0].write(1);
-        Ok(())
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 }
 
@@ -193,14 +116,17 @@ mod tests {
     use super::*;
     use crate::devices::virtio::pmem::REQ_TYPE_FLUSH;
     use crate::devices::virtio::test_utils::guest_memory;
+    use crate::devices::virtio::{GuestMemoryMmap, IrqTrigger, IrqType};
     use std::io::Write;
+    use std::sync::Arc;
+    use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
     use vm_memory::GuestAddress;
 
-    const W: u16 = 2;
-    const NEXT: u16 = 1;
+    use crate::devices::virtio::test_utils::{NEXT, WRITE as W};
     const REQ: u64 = 0x10_0000;
     const RESP: u64 = 0x20_0000;
 

@@ -5,16 +5,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tracing::warn;
+use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::{Queue, QueueT, Writer};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::{MuxerError, VsockMuxer};
 use super::packet::Packet;
 use super::{QUEUE_SIZE, RXQ, TXQ};
-use crate::devices::virtio::features::VIRTIO_F_VERSION_1;
 use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger,
-    IrqType, VirtioDevice,
+    ActivateError, GuestMemoryMmap, IrqTrigger, QueueError, VirtioCommon, VirtioDevice,
 };
 
 /// Errors of vsock device creation and queue processing.
@@ -26,24 +25,17 @@ pub enum VsockError {
     Muxer(#[from] MuxerError),
     #[error("cannot create a vsock eventfd: {0}")]
     EventFd(std::io::Error),
-    #[error("vsock queue {index}: {source}")]
-    Queue {
-        index: usize,
-        source: virtio_queue::Error,
-    },
-    #[error("cannot signal the vsock interrupt: {0}")]
-    Interrupt(std::io::Error),
+    #[error("vsock {0}")]
+    Queue(#[from] QueueError),
 }
 
 /// A virtio-vsock device whose host end is a Unix socket.
 pub struct Vsock {
     cid: u64,
     pub(super) muxer: VsockMuxer,
-    acked_features: u64,
-    queue_evts: [EventFd; 3],
     /// Signalled on activation so the event loop delivers what queued up before it.
     pub(super) activate_evt: EventFd,
-    active: Option<ActiveState>,
+    common: VirtioCommon,
 }
 
 impl Vsock {
@@ -52,14 +44,14 @@ impl Vsock {
         if cid < 3 || cid > u64::from(u32::MAX) {
             return Err(VsockError::InvalidCid(cid));
         }
-        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd);
+        // struct virtio_vsock_config { le64 guest_cid; }
+        let config = cid.to_le_bytes().to_vec();
         Ok(Self {
             cid,
             muxer: VsockMuxer::new(cid, uds_path)?,
-            acked_features: 0,
-            queue_evts: [evt()?, evt()?, evt()?],
-            activate_evt: evt()?,
-            active: None,
+            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd)?,
+            common: VirtioCommon::new(VIRTIO_ID_VSOCK, 0, &[QUEUE_SIZE; 3], config)
+                .map_err(VsockError::EventFd)?,
         })
     }
 
@@ -70,33 +62,28 @@ impl Vsock {
 
     /// Moves every packet the guest queued on TX to the muxer.
     pub fn process_tx(&mut self) -> Result<(), VsockError> {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.active_mut() else {
             return Ok(());
         };
-        let mem = &active.mem;
-        let queue = &mut active.queues[TXQ];
-        let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
+        let muxer = &mut self.muxer;
+        active.serve_queue(TXQ, |chain, mem| {
             match Packet::from_tx_chain(chain, mem) {
-                Ok(pkt) => self.muxer.send_pkt(&pkt),
+                Ok(pkt) => muxer.send_pkt(&pkt),
                 Err(e) => warn!(error = %e, "vsock: dropping TX packet"),
             }
-            queue
-                .add_used(mem, head, 0)
-                .map_err(|source| VsockError::Queue { index: TXQ, source })?;
-            used_any = true;
-        }
-        Self::notify(active, TXQ, used_any)
+            0
+        })?;
+        Ok(())
     }
 
     /// Fills RX buffers with what the muxer has for the guest.
     pub fn process_rx(&mut self) -> Result<(), VsockError> {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.active_mut() else {
             return Ok(());
         };
         let mem = &active.mem;
         let queue = &mut active.queues[RXQ];
+        let used_err = |source| QueueError::Queue { index: RXQ, source };
         let mut used_any = false;
         while self.muxer.has_pending_rx() {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
@@ -107,18 +94,14 @@ impl Vsock {
                 Ok(w) => w,
                 Err(e) => {
                     warn!(error = %e, "vsock: RX buffer is not in guest memory");
-                    queue
-                        .add_used(mem, head, 0)
-                        .map_err(|source| VsockError::Queue { index: RXQ, source })?;
+                    queue.add_used(mem, head, 0).map_err(used_err)?;
                     used_any = true;
                     continue;
                 }
             };
             let Some(capacity) = Packet::rx_capacity(&writer) else {
                 warn!("vsock: RX buffer has no room for a payload after the header");
-                queue
-                    .add_used(mem, head, 0)
-                    .map_err(|source| VsockError::Queue { index: RXQ, source })?;
+                queue.add_used(mem, head, 0).map_err(used_err)?;
                 used_any = true;
                 continue;
             };
@@ -134,90 +117,41 @@ impl Vsock {
                     0
                 }
             };
-            queue
-                .add_used(mem, head, len)
-                .map_err(|source| VsockError::Queue { index: RXQ, source })?;
+            queue.add_used(mem, head, len).map_err(used_err)?;
             used_any = true;
         }
-        Self::notify(active, RXQ, used_any)
-    }
-
-    fn notify(active: &mut ActiveState, index: usize, used_any: bool) -> Result<(), VsockError> {
-        if !used_any {
-            return Ok(());
-        }
-        let needed = active.queues[index]
-            .needs_notification(&active.mem)
-            .map_err(|source| VsockError::Queue { index, source })?;
-        if needed {
-            active
-                .interrupt
-                .trigger(IrqType::Vring)
-                .map_err(VsockError::Interrupt)?;
+        if used_any {
+            active.signal_used_queue(RXQ)?;
         }
         Ok(())
     }
 }
 
 impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        device_type::VSOCK
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE; 3]
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
-    fn avail_features(&self) -> u64 {
-        1 << VIRTIO_F_VERSION_1
-    }
-
-    fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_vsock_config { le64 guest_cid; }
-        read_config_bytes(&self.cid.to_le_bytes(), offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        warn!(offset, "virtio-vsock: configuration space is read-only");
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
+    /// Delivery of what queued up before activation (host connections) is the event loop's,
+    /// woken by `activate_evt`.
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
         interrupt: Arc<IrqTrigger>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        self.active = Some(ActiveState::new(
-            self.active.is_some(),
-            3,
-            mem,
-            interrupt,
-            queues,
-        )?);
+        self.common.activate(mem, interrupt, queues)?;
         self.activate_evt
             .write(1)
             .map_err(ActivateError::ActivateEvent)
     }
 
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
     fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
+        self.common.reset();
         self.muxer.reset();
     }
 }
@@ -236,7 +170,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
-    const W: u16 = 2;
+    use crate::devices::virtio::test_utils::{NEXT, WRITE as W};
     const RX_BUFS: u64 = 0x40_0000;
     const TX_BUFS: u64 = 0x50_0000;
 
@@ -337,7 +271,12 @@ mod tests {
                 .write_slice(data, GuestAddress(addr + 0x100))
                 .unwrap();
             let descs = [
-                RawDescriptor::from(Descriptor::new(addr, HDR_LEN as u32, 1, self.tx_next + 1)),
+                RawDescriptor::from(Descriptor::new(
+                    addr,
+                    HDR_LEN as u32,
+                    NEXT,
+                    self.tx_next + 1,
+                )),
                 RawDescriptor::from(Descriptor::new(addr + 0x100, data.len() as u32, 0, 0)),
             ];
             self.txq.add_desc_chains(&descs, self.tx_next).unwrap();

@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use tracing::error;
 
-use super::{Vsock, EVQ, RXQ, TXQ};
+use super::Vsock;
 use crate::devices::virtio::VirtioDevice;
 
 impl Vsock {
@@ -24,13 +24,12 @@ impl Vsock {
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        let mut fds = vec![self.muxer.as_raw_fd(), self.activate_evt.as_raw_fd()];
-        fds.extend(self.queue_events().iter().map(|e| e.as_raw_fd()));
-        for fd in fds {
+        for fd in [self.muxer.as_raw_fd(), self.activate_evt.as_raw_fd()] {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 error!(fd, error = ?e, "vsock: cannot poll a device fd");
             }
         }
+        self.common().poll_queue_events(ops);
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
@@ -39,11 +38,7 @@ impl MutEventSubscriber for Vsock {
         if fd == self.activate_evt.as_raw_fd() {
             let _ = self.activate_evt.read();
         }
-        for index in [RXQ, TXQ, EVQ] {
-            if fd == self.queue_events()[index].as_raw_fd() {
-                let _ = self.queue_events()[index].read();
-            }
-        }
+        self.common().take_queue_event(fd);
         self.process_all();
     }
 }

@@ -64,9 +64,15 @@ pub struct PacketHeader {
 impl PacketHeader {
     /// Decodes the little-endian wire layout.
     pub fn from_bytes(b: &[u8; HDR_LEN]) -> Self {
-        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-        let u16_at = |o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap());
+        // The offsets are the fixed layout's, all inside the header.
+        fn at<const N: usize>(b: &[u8; HDR_LEN], offset: usize) -> [u8; N] {
+            let mut field = [0u8; N];
+            field.copy_from_slice(&b[offset..offset + N]);
+            field
+        }
+        let u64_at = |o: usize| u64::from_le_bytes(at(b, o));
+        let u32_at = |o: usize| u32::from_le_bytes(at(b, o));
+        let u16_at = |o: usize| u16::from_le_bytes(at(b, o));
         Self {
             src_cid: u64_at(0),
             dst_cid: u64_at(8),
