@@ -11,14 +11,14 @@ mod kernel_params;
 mod listener;
 mod logger;
 mod oom;
-mod process;
-mod processes;
+mod process_table;
 mod reaper;
 mod runtime_helper;
 mod sandbox;
 mod service;
+mod spawn;
 mod stats;
-mod stdio;
+mod stdio_server;
 mod switch_root;
 
 use std::sync::{mpsc, Arc};
@@ -32,7 +32,7 @@ use protocol::agent::{Event, EventKind};
 use crate::config::Config;
 use crate::events::EventQueue;
 use crate::listener::{Address, Listener};
-use crate::processes::ProcessTable;
+use crate::process_table::ProcessTable;
 use crate::reaper::Reaper;
 use crate::service::AgentService;
 
@@ -103,7 +103,7 @@ fn run(args: &[String]) -> Result<()> {
         let processes = processes.clone();
         thread::Builder::new()
             .name("stdio-accept".into())
-            .spawn(move || stdio::serve(stdio_listener, processes))
+            .spawn(move || stdio_server::serve(stdio_listener, processes))
             .context("starting the stdio thread")?;
     }
 
