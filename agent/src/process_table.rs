@@ -12,8 +12,8 @@ use protocol::stream_header::StreamKind;
 use thiserror::Error;
 
 use crate::listener::Conn;
-use crate::spawn::{Spawned, StdioEnds};
 use crate::reaper::ExitStatus;
+use crate::spawn::{Spawned, StdioEnds};
 
 /// Errors looking up or operating on a process.
 #[derive(Debug, Error)]
