@@ -8,9 +8,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use common::client::{ExitStatus, RootfsDevice, StdioSet, StreamKind};
 use common::{process_json, TestAgent, ALL, OUT};
 use protocol::agent::ContainerStatus;
-use shim::agent_client::{ExitStatus, RootfsDevice, StdioSet, StreamKind};
 
 const BUSYBOX: &str = "/usr/bin/busybox";
 const APPLETS: &[&str] = &[
@@ -378,65 +378,59 @@ fn init_with_all_streams_gets_stdin_and_keeps_output_order() {
 }
 
 #[test]
-fn pause_resume_stats_and_update_through_the_controller_handle() {
+fn pause_resume_stats_and_update() {
     if !usable() {
         return;
     }
     let agent = TestAgent::start();
     let image = busybox_rootfs(agent.dir.path());
     let id = unique_id("p");
-    agent
-        .client
-        .create_container(
-            &id,
-            &spec(&["sleep", "1000"]),
-            &rootfs_device(&image),
-            StdioSet::default(),
-            false,
-        )
-        .unwrap();
-    let c = shim::controller::ContainerHandle::new(agent.client.clone(), &id);
+    let c = &agent.client;
+    c.create_container(
+        &id,
+        &spec(&["sleep", "1000"]),
+        &rootfs_device(&image),
+        StdioSet::default(),
+        false,
+    )
+    .unwrap();
     // Only a running container can be paused.
-    let err = c.pause().unwrap_err().to_string();
+    let err = c.pause_container(&id).unwrap_err().to_string();
     assert!(err.contains("FAILED_PRECONDITION"), "{err}");
-    c.start().unwrap();
-    if shim_cgroup_usable(&c) {
-        c.pause().unwrap();
+    c.start_container(&id).unwrap();
+    if cgroup_usable(&agent, &id) {
+        c.pause_container(&id).unwrap();
         assert_eq!(state(&agent, &id), ContainerStatus::PAUSED);
-        assert_eq!(
-            c.state().unwrap().status,
-            shim::controller::LiveStatus::Paused
-        );
-        c.resume().unwrap();
+        c.resume_container(&id).unwrap();
         assert_eq!(state(&agent, &id), ContainerStatus::RUNNING);
-        let stats = c.stats().unwrap();
+        let stats = c.container_stats(&id).unwrap();
         assert!(stats.pids.current >= 1, "{stats:?}");
         // A limit: applied on a pure cgroup v2 host, refused naming the field on a hybrid one.
-        match c.update(&serde_json::json!({"pids": {"limit": 20}})) {
-            Ok(()) => assert_eq!(c.stats().unwrap().pids.limit, Some(20)),
+        match c.update_container(&id, r#"{"pids": {"limit": 20}}"#) {
+            Ok(()) => assert_eq!(c.container_stats(&id).unwrap().pids.limit, 20),
             Err(e) => assert!(e.to_string().contains("linux.resources.pids"), "{e}"),
         }
     }
     let err = c
-        .update(&serde_json::json!({"cpu": {"period": 5}}))
+        .update_container(&id, r#"{"cpu": {"period": 5}}"#)
         .unwrap_err()
         .to_string();
     assert!(err.contains("linux.resources.cpu.period"), "{err}");
-    assert!(c.update(&serde_json::json!([1])).is_err());
-    c.kill("", 9, false).unwrap();
+    assert!(c.update_container(&id, "[1]").is_err());
+    c.signal_process(&id, "", 9, false).unwrap();
     assert_eq!(
-        c.wait("").unwrap(),
+        c.wait_process(&id, "").unwrap(),
         ExitStatus::Signaled {
             signal: 9,
             core_dumped: false
         }
     );
-    c.remove(false).unwrap();
+    c.remove_container(&id, false).unwrap();
 }
 
 /// Whether the container got a cgroup (a cgroup2 hierarchy is mounted on this host).
-fn shim_cgroup_usable(c: &shim::controller::ContainerHandle) -> bool {
-    match c.stats() {
+fn cgroup_usable(agent: &TestAgent, id: &str) -> bool {
+    match agent.client.container_stats(id) {
         Ok(_) => true,
         Err(e) => {
             eprintln!("skipping the cgroup part: {e}");

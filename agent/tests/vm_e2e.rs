@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shim::agent_client::{AgentClient, Endpoint, ExitStatus, RootfsDevice, StdioSet, StreamKind};
+mod common;
+
+use common::client::{AgentClient, Endpoint, ExitStatus, RootfsDevice, StdioSet, StreamKind};
 
 /// Output the bulk container writes by default: 16 MiB, far beyond the vsock credit window, so
 /// flow control and ordering are exercised; SANDBOX_E2E_BULK_BYTES overrides it. The issue's
