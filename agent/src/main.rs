@@ -1,6 +1,10 @@
 //! sandbox-agent: PID 1 of the guest. Mounts the basics, reaps orphans, serves the agent API
 //! (ttrpc) and the stdio streams on vsock; on a host it can serve Unix sockets for tests.
 
+// Non-test code reports failures instead of panicking on them.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod cad;
 mod config;
 mod console;

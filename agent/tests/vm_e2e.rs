@@ -332,7 +332,6 @@ fn agent_in_a_microvm_answers_over_hybrid_vsock() {
     let rootfs = RootfsDevice {
         device: "vda".into(),
         fstype: "ext4".into(),
-        ..Default::default()
     };
     let out = StdioSet {
         stdin: false,
