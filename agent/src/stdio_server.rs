@@ -1,5 +1,6 @@
 //! The guest side of the stdio streams: serves the stdio port, where each connection names a
 //! process stream in its header (protocol::stream_header), then carries raw bytes.
+//!
 //! Socket backpressure paces the copy, so nothing is buffered beyond one chunk.
 
 use std::fs::File;

@@ -1,6 +1,5 @@
-//! Starting a container's init or an exec in it through the runtime helper: the stdio pipes
-//! the host announced, or a console socket that receives the pty master, then the process
-//! recorded in the process table before its exit can be reaped.
+//! A container's init or exec started through the runtime helper, with the stdio pipes the host
+//! announced or a console socket for the pty master, and recorded before its exit is reaped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
