@@ -53,7 +53,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn of(e: &runtime::Error) -> Kind {
+    pub fn of(e: &runtime::Error) -> Kind {
         match e {
             runtime::Error::InvalidId(_) | runtime::Error::Spec(_) => Kind::Invalid,
             runtime::Error::Exists(_) => Kind::Exists,

@@ -90,6 +90,23 @@ fn rootfs_device(image: &Path) -> RootfsDevice {
     }
 }
 
+/// Creates a container running `sleep 1000` without stdio streams; returns its id.
+fn create_sleeper(agent: &TestAgent, prefix: &str) -> String {
+    let image = busybox_rootfs(agent.dir.path());
+    let id = unique_id(prefix);
+    agent
+        .client
+        .create_container(
+            &id,
+            &spec(&["sleep", "1000"]),
+            &rootfs_device(&image),
+            StdioSet::default(),
+            false,
+        )
+        .unwrap();
+    id
+}
+
 fn state(agent: &TestAgent, id: &str) -> ContainerStatus {
     agent
         .client
@@ -147,18 +164,7 @@ fn container_runs_in_its_own_namespaces_on_an_overlay_and_is_removed() {
 fn exec_joins_a_running_container_and_kill_reports_the_signal() {
     require_container_host!();
     let agent = TestAgent::start();
-    let image = busybox_rootfs(agent.dir.path());
-    let id = unique_id("x");
-    agent
-        .client
-        .create_container(
-            &id,
-            &spec(&["sleep", "1000"]),
-            &rootfs_device(&image),
-            StdioSet::default(),
-            false,
-        )
-        .unwrap();
+    let id = create_sleeper(&agent, "x");
     agent.client.start_container(&id).unwrap();
     assert_eq!(state(&agent, &id), ContainerStatus::RUNNING);
 
@@ -258,18 +264,7 @@ fn removing_with_force_stops_a_created_container() {
 fn exec_with_a_terminal_sees_resizes() {
     require_container_host!();
     let agent = TestAgent::start();
-    let image = busybox_rootfs(agent.dir.path());
-    let id = unique_id("r");
-    agent
-        .client
-        .create_container(
-            &id,
-            &spec(&["sleep", "1000"]),
-            &rootfs_device(&image),
-            StdioSet::default(),
-            false,
-        )
-        .unwrap();
+    let id = create_sleeper(&agent, "r");
     agent.client.start_container(&id).unwrap();
     agent
         .client
@@ -370,17 +365,8 @@ fn init_with_all_streams_gets_stdin_and_keeps_output_order() {
 fn pause_and_update_are_refused_where_they_do_not_apply() {
     require_container_host!();
     let agent = TestAgent::start();
-    let image = busybox_rootfs(agent.dir.path());
-    let id = unique_id("q");
+    let id = create_sleeper(&agent, "q");
     let c = &agent.client;
-    c.create_container(
-        &id,
-        &spec(&["sleep", "1000"]),
-        &rootfs_device(&image),
-        StdioSet::default(),
-        false,
-    )
-    .unwrap();
     // Only a running container can be paused.
     let err = c.pause_container(&id).unwrap_err().to_string();
     assert!(err.contains("FAILED_PRECONDITION"), "{err}");
@@ -406,17 +392,8 @@ fn pause_and_update_are_refused_where_they_do_not_apply() {
 fn pause_resume_stats_and_update() {
     require_container_host!();
     let agent = TestAgent::start();
-    let image = busybox_rootfs(agent.dir.path());
-    let id = unique_id("p");
+    let id = create_sleeper(&agent, "p");
     let c = &agent.client;
-    c.create_container(
-        &id,
-        &spec(&["sleep", "1000"]),
-        &rootfs_device(&image),
-        StdioSet::default(),
-        false,
-    )
-    .unwrap();
     c.start_container(&id).unwrap();
     let no_cgroup = c.container_stats(&id).err();
     require!(

@@ -35,24 +35,28 @@ fn bundle(e: &containers::BundleError) -> Code {
     }
 }
 
-fn runtime(e: &runtime::Error) -> Code {
-    match e {
-        runtime::Error::InvalidId(_) | runtime::Error::Spec(_) => Code::INVALID_ARGUMENT,
-        runtime::Error::Exists(_) => Code::ALREADY_EXISTS,
-        runtime::Error::NotFound(_) => Code::NOT_FOUND,
-        runtime::Error::WrongState { .. } => Code::FAILED_PRECONDITION,
-        _ => Code::INTERNAL,
+/// The code of a runtime failure of `kind`.
+fn runtime_kind(kind: Kind) -> Code {
+    match kind {
+        Kind::Invalid => Code::INVALID_ARGUMENT,
+        Kind::Exists => Code::ALREADY_EXISTS,
+        Kind::NotFound => Code::NOT_FOUND,
+        Kind::WrongState | Kind::Other => Code::FAILED_PRECONDITION,
     }
 }
 
+/// A runtime call of the agent's own; what the runtime cannot classify is the agent's failure.
+fn runtime(e: &runtime::Error) -> Code {
+    match Kind::of(e) {
+        Kind::Other => Code::INTERNAL,
+        kind => runtime_kind(kind),
+    }
+}
+
+/// A runtime call in the helper: its unclassified failures still refuse the request.
 fn helper(e: &runtime_helper::Error) -> Code {
     match e {
-        runtime_helper::Error::Runtime { kind, .. } => match kind {
-            Kind::Invalid => Code::INVALID_ARGUMENT,
-            Kind::Exists => Code::ALREADY_EXISTS,
-            Kind::NotFound => Code::NOT_FOUND,
-            Kind::WrongState | Kind::Other => Code::FAILED_PRECONDITION,
-        },
+        runtime_helper::Error::Runtime { kind, .. } => runtime_kind(*kind),
         _ => Code::INTERNAL,
     }
 }

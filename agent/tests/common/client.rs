@@ -174,6 +174,17 @@ impl Write for Stream {
     }
 }
 
+/// Calls whose request names only the container.
+macro_rules! container_calls {
+    ($($call:ident($request:ident) -> $response:ty;)*) => {$(
+        pub fn $call(&self, container_id: &str) -> Result<$response> {
+            let mut req = $request::new();
+            req.container_id = container_id.into();
+            Ok(self.rpc.$call(self.ctx(), &req)?)
+        }
+    )*};
+}
+
 /// A connected client; every call but WaitProcess and GetEvent has the deadline `timeout`.
 #[derive(Clone)]
 pub struct AgentClient {
@@ -278,17 +289,12 @@ impl AgentClient {
         Ok(self.rpc.create_container(self.ctx(), &req)?.pid)
     }
 
-    pub fn start_container(&self, container_id: &str) -> Result<()> {
-        let mut req = StartContainerRequest::new();
-        req.container_id = container_id.into();
-        self.rpc.start_container(self.ctx(), &req)?;
-        Ok(())
-    }
-
-    pub fn container_state(&self, container_id: &str) -> Result<ContainerStateResponse> {
-        let mut req = ContainerStateRequest::new();
-        req.container_id = container_id.into();
-        Ok(self.rpc.container_state(self.ctx(), &req)?)
+    container_calls! {
+        start_container(StartContainerRequest) -> Empty;
+        container_state(ContainerStateRequest) -> ContainerStateResponse;
+        pause_container(PauseContainerRequest) -> Empty;
+        resume_container(ResumeContainerRequest) -> Empty;
+        container_stats(ContainerStatsRequest) -> ContainerStatsResponse;
     }
 
     pub fn remove_container(&self, container_id: &str, force: bool) -> Result<()> {
@@ -303,26 +309,6 @@ impl AgentClient {
         let mut req = ListProcessesRequest::new();
         req.container_id = container_id.into();
         Ok(self.rpc.list_processes(self.ctx(), &req)?.processes)
-    }
-
-    pub fn pause_container(&self, container_id: &str) -> Result<()> {
-        let mut req = PauseContainerRequest::new();
-        req.container_id = container_id.into();
-        self.rpc.pause_container(self.ctx(), &req)?;
-        Ok(())
-    }
-
-    pub fn resume_container(&self, container_id: &str) -> Result<()> {
-        let mut req = ResumeContainerRequest::new();
-        req.container_id = container_id.into();
-        self.rpc.resume_container(self.ctx(), &req)?;
-        Ok(())
-    }
-
-    pub fn container_stats(&self, container_id: &str) -> Result<ContainerStatsResponse> {
-        let mut req = ContainerStatsRequest::new();
-        req.container_id = container_id.into();
-        Ok(self.rpc.container_stats(self.ctx(), &req)?)
     }
 
     pub fn update_container(&self, container_id: &str, resources_json: &str) -> Result<()> {

@@ -7,7 +7,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::{sys, wait::reap, Container, Error, Result};
-use crate::hooks::{self, HookKind};
+use crate::hooks::HookKind;
 use crate::state::Status;
 
 impl Container {
@@ -40,13 +40,7 @@ impl Container {
             cg.destroy()?;
         }
         self.state.status = Status::Stopped;
-        if let Err(e) = hooks::run(
-            HookKind::Poststop,
-            self.spec.hooks().as_ref(),
-            &self.state.oci_json(),
-        ) {
-            tracing::warn!("{e}");
-        }
+        self.run_hooks_logged(HookKind::Poststop);
         fs::remove_dir_all(&self.dir).map_err(sys(format!("remove {}", self.dir.display())))
     }
 }

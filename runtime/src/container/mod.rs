@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 
 use crate::cgroups::{Cgroup, CgroupError};
-use crate::hooks::HookError;
+use crate::hooks::{self, HookError, HookKind};
 use crate::process::channel::Channel;
 use crate::spec::SpecError;
 use crate::state::{State, StateError, Status};
@@ -149,6 +149,14 @@ impl Container {
                 status,
                 op,
             })
+        }
+    }
+
+    /// Runs the `kind` hooks after the fact (poststart, poststop): runtime-spec has their
+    /// failure logged, not the operation fail.
+    fn run_hooks_logged(&self, kind: HookKind) {
+        if let Err(e) = hooks::run(kind, self.spec.hooks().as_ref(), &self.state.oci_json()) {
+            tracing::warn!("{e}");
         }
     }
 

@@ -5,7 +5,7 @@ use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::{errno, Container, Error, Result, EXEC_FIFO};
-use crate::hooks::{self, HookKind};
+use crate::hooks::HookKind;
 use crate::process::channel::Msg;
 use crate::state::{self, Status};
 
@@ -52,13 +52,7 @@ impl Container {
             }
         }
         self.state.status = Status::Running;
-        if let Err(e) = hooks::run(
-            HookKind::Poststart,
-            self.spec.hooks().as_ref(),
-            &self.state.oci_json(),
-        ) {
-            tracing::warn!("{e}");
-        }
+        self.run_hooks_logged(HookKind::Poststart);
         Ok(())
     }
 }
