@@ -13,7 +13,7 @@ use protocol::agent::*;
 use protocol::agent_ttrpc;
 use thiserror::Error;
 
-pub use protocol::stdio::StreamKind;
+pub use protocol::stream_header::StreamKind;
 pub use stdio::StdioStream;
 
 use crate::vsock;
@@ -57,7 +57,7 @@ pub enum Error {
         container_id: String,
         exec_id: String,
         kind: StreamKind,
-        source: protocol::stdio::Error,
+        source: protocol::stream_header::Error,
     },
 }
 

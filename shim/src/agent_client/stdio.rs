@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 
-use protocol::stdio::{read_ack, StreamHeader, StreamKind};
+use protocol::stream_header::{read_ack, StreamHeader, StreamKind};
 
 use super::{Endpoint, Error};
 
@@ -32,7 +32,7 @@ impl StdioStream {
             kind,
             source,
         };
-        let io_err = |e: io::Error| stdio_err(protocol::stdio::Error::Io(e));
+        let io_err = |e: io::Error| stdio_err(protocol::stream_header::Error::Io(e));
         stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
         stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
         StreamHeader {
