@@ -653,12 +653,10 @@ fn tty_reports_its_size_and_follows_resizes() {
         }
     };
     read_until(&mut master, "20 70", &mut seen);
-    // SAFETY: TIOCSWINSZ reads one winsize from the pointer; the fd is the open master.
     let ws = size(30, 90);
-    assert_eq!(
-        unsafe { libc::ioctl(master.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) },
-        0
-    );
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer; the fd is the open master.
+    let rc = unsafe { libc::ioctl(master.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(rc, 0);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGWINCH,
