@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 
+use crate::binaries;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Where bundles and state roots go (outside /tmp so the lab can reuse them).
@@ -181,27 +183,12 @@ fn applets() -> &'static [String] {
     })
 }
 
-/// The `sandbox` binary, built on first use (`cargo build -p shim --bin sandbox`).
+/// The `sandbox` CLI. Tests that run it first check that it is built (tests do not build
+/// it): `require!(binaries::SANDBOX.path())`, a skip or, under CI, a failure.
 pub fn sandbox_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-q", "-p", "shim", "--bin", "sandbox"])
-            .env(
-                "CARGO_TARGET_DIR",
-                profile_dir.parent().expect("target dir"),
-            )
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p shim --bin sandbox failed");
-        profile_dir.join("sandbox")
-    })
-    .clone()
+    binaries::SANDBOX
+        .path()
+        .unwrap_or_else(|e| panic!("{e} (a test checks this with require! first)"))
 }
 
 /// A state root for one test, removed on drop.

@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
+use sandbox_tests::binaries;
 use sandbox_tests::bundle::{leftovers, sandbox_bin, unique, Bundle, StateRoot};
+use sandbox_tests::require;
 use serde_json::json;
 
 /// Runs `script` with `sh` in a new private mount namespace where cgroup2 is mounted on
@@ -61,6 +63,7 @@ fn line<'a>(out: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn placement_freeze_ps_stats_kill_and_removal() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("cg");
     let id = unique("cg");
     let cg = format!("/{id}");
@@ -113,6 +116,7 @@ true
 /// on a host where the controller is available the limit must land in the cgroup.
 #[test]
 fn limits_need_their_controller() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("cglimit");
     let id = unique("cglimit");
     let cg = format!("/{id}");
@@ -165,6 +169,7 @@ true
 /// land in the container's cgroup (and on a host without it, be refused naming the field).
 #[test]
 fn hugetlb_limit_lands_in_the_cgroup() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("cghuge");
     let id = unique("cghuge");
     let cg = format!("/{id}");
