@@ -43,7 +43,11 @@ pub fn base_spec() -> Value {
     spec
 }
 
-/// The probe: prints what the container sees, section by section.
+/// The probe's last line: a probe that stopped early (its shell died, a section failed)
+/// does not print it.
+pub const PROBE_END: &str = "== probe end";
+
+/// The probe: prints what the container sees, section by section, then [`PROBE_END`].
 pub const PROBE: &str = r#"#!/bin/sh
 echo "== ids"; id -u; id -g; grep '^Groups:' /proc/$$/status
 echo "== idmaps"; cat /proc/self/uid_map /proc/self/gid_map | tr -s ' '
@@ -69,6 +73,7 @@ echo "== dev"; for d in /dev/*; do echo "$d $(stat -c '%F %a %u %g %t:%T' $d)"; 
 echo "== oom"; cat /proc/$$/oom_score_adj
 echo "== fds"; ls /proc/self/fd
 if [ -f /probe-extra.sh ]; then echo "== extra"; . /probe-extra.sh 2>&1; fi
+echo "== probe end"
 exit 0
 "#;
 
@@ -280,4 +285,15 @@ pub fn leftovers(rootfs: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_prints_its_end_marker_last() {
+        let last = PROBE.lines().rev().find(|l| l.starts_with("echo")).unwrap();
+        assert_eq!(last, format!("echo \"{PROBE_END}\""));
+    }
 }
