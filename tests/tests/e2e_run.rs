@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 
 /// Longest a single `sandbox` command may take before the test calls it hung.
 const HANG_LIMIT: Duration = Duration::from_secs(180);
+/// Longest a container may take to reach the status a test waits for.
+const STATUS_LIMIT: Duration = Duration::from_secs(240);
 
 /// A private state root and image cache; checks on drop that nothing is left.
 struct Env {
@@ -111,7 +113,14 @@ impl Env {
     /// Polls `state` until the container exists with status `want`; fails if `cli` (the
     /// command running the container) ends first, or after `STATUS_LIMIT`.
     fn wait_status(&self, id: &str, want: &str, mut cli: Option<&mut Child>) -> Value {
+        let begin = std::time::Instant::now();
+        let mut last = String::new();
         loop {
+            assert!(
+                begin.elapsed() < STATUS_LIMIT,
+                "container {id} did not become {want} within {} s; last state: {last}",
+                STATUS_LIMIT.as_secs()
+            );
             if let Some(cli) = cli.as_mut() {
                 if let Some(status) = cli.try_wait().unwrap() {
                     let mut stderr = String::new();
@@ -127,6 +136,9 @@ impl Env {
                 if s["status"] == want {
                     return s;
                 }
+                last = s.to_string();
+            } else {
+                last = show(&out);
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -85,7 +85,9 @@ $S pause $ID && echo "paused: $($S state $ID | grep -o '"status": "[a-z]*"') fre
 $S resume $ID && echo "resumed: $($S state $ID | grep -o '"status": "[a-z]*"') freeze=$(cat /sys/fs/cgroup{cg}/cgroup.freeze)"
 echo "stats: $($S events --stats $ID)"
 $S kill --all $ID KILL
-echo "procs-after-kill: $(while [ -n "$(cat /sys/fs/cgroup{cg}/cgroup.procs)" ]; do sleep 0.01; done)empty"
+n=0; while [ -n "$(cat /sys/fs/cgroup{cg}/cgroup.procs)" ] && [ $n -lt 1000 ]; do sleep 0.01; n=$((n+1)); done
+left=$(cat /sys/fs/cgroup{cg}/cgroup.procs | tr '\n' ' ')
+echo "procs-after-kill: ${{left:-empty}}"
 n=0; while ! $S state $ID | grep -q stopped && [ $n -lt 1000 ]; do sleep 0.01; n=$((n+1)); done
 echo "after-kill: $($S state $ID | grep -o '"status": "[a-z]*"')"
 $S delete $ID && echo "deleted: $(test -d /sys/fs/cgroup{cg} && echo cgroup-left || echo cgroup-removed)"

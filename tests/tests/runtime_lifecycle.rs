@@ -12,6 +12,9 @@ use sandbox_tests::bundle::{leftovers, sandbox, unique, Bundle, StateRoot, BASE}
 use sandbox_tests::require;
 use serde_json::{json, Value};
 
+/// Longest a test waits for output on a container's terminal.
+const PTY_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
@@ -317,11 +320,26 @@ fn receive_pty(listener: &UnixListener) -> OwnedFd {
     panic!("no fd received on the console socket");
 }
 
+/// Reads the pty until `needle` arrived (or the terminal closed); fails after `PTY_LIMIT`.
 fn read_until(master: OwnedFd, needle: &str) -> String {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + PTY_LIMIT;
     let mut f = std::fs::File::from(master);
     let mut seen = String::new();
     let mut buf = [0u8; 1024];
     while !seen.contains(needle) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let wait = PollTimeout::from(u16::try_from(left.as_millis()).unwrap_or(u16::MAX));
+        let ready = poll(&mut [PollFd::new(f.as_fd(), PollFlags::POLLIN)], wait).unwrap_or(0);
+        assert!(
+            ready > 0 || !left.is_zero(),
+            "no {needle:?} on the pty within {} s; got {seen:?}",
+            PTY_LIMIT.as_secs()
+        );
+        if ready == 0 {
+            continue;
+        }
         match f.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
