@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use sandbox_tests::binaries::{self, Binary};
 use sandbox_tests::prereq::SKIP_LOG_ENV;
 use sandbox_tests::{artifacts, lab};
@@ -154,14 +154,7 @@ fn host_inputs(packages: &[String]) -> Result<Vec<(OsString, OsString)>> {
         args.extend(["-p", b.package, "--bin", b.name]);
     }
     println!("==> cargo {}", args.join(" "));
-    let status = Command::new(cargo())
-        .args(&args)
-        .current_dir(artifacts::workspace_root())
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
+    crate::boot::run_cargo(&args)?;
     Ok(inputs(HOST_BINARIES, "debug"))
 }
 
