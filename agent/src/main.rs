@@ -3,7 +3,6 @@
 
 // Non-test code reports failures instead of panicking on them.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
-#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod cad;
 mod config;
