@@ -9,6 +9,8 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use runtime::{Container, CreateOptions, ExecOptions, Process, State};
 
+use crate::controller::signals;
+
 use super::backend::{Backend, CliError};
 use super::{
     CreateArgs, DeleteArgs, EventsArgs, ExecArgs, KillArgs, ListArgs, PsArgs, RunArgs, UpdateArgs,
@@ -92,35 +94,16 @@ fn state_json(s: &State, with_owner: bool) -> serde_json::Value {
     v
 }
 
-/// The signals `run` and `exec` forward to the container.
-fn forwarded() -> nix::sys::signal::SigSet {
-    let mut set = nix::sys::signal::SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
-        set.add(s);
-    }
-    set
-}
-
 /// Blocks the forwarded signals before the container exists, so one that arrives while it
 /// starts is delivered to it instead of killing us. (The runtime clears the mask before exec.)
 fn block_forwarded() {
-    let _ = forwarded().thread_block();
+    let _ = signals::block(signals::FORWARDED);
 }
 
 /// Forwards the blocked signals to `pid` from a helper thread while we wait.
 fn forward_signals(pid: i32) {
-    let set = forwarded();
-    std::thread::spawn(move || loop {
-        if let Ok(sig) = set.wait() {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
-        }
+    signals::spawn_forwarder(signals::set_of(signals::FORWARDED), move |sig| {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
     });
 }
 

@@ -1,11 +1,11 @@
-//! Forwarding a process's stdio between this host's fds 0-2 and the agent's stream port:
-//! one thread per direction, output threads joined so the last byte precedes the exit code.
+//! A foreground command's stdio attached to its process in the guest: this host's fds 0-2
+//! pumped to and from the process's streams, output joined so the last byte precedes the exit.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::thread::JoinHandle;
 
-use crate::agent_client::{AgentClient, StdioStream, StreamKind};
+use crate::agent_client::{AgentClient, StdioSet, StdioStream, StreamKind};
 
 use super::Error;
 
@@ -39,6 +39,19 @@ fn host_fd(n: i32) -> Result<File, Error> {
     // SAFETY: fds 0-2 of this process stay open for its lifetime; we only borrow them to dup.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n) };
     dup(fd, &format!("fd {n}"))
+}
+
+/// The streams to announce for a process that [`attach`] will attach: none with a terminal
+/// (the agent creates the one tty stream with the pty), otherwise all three.
+pub fn announced(terminal: bool) -> StdioSet {
+    if terminal {
+        return StdioSet::default();
+    }
+    StdioSet {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+    }
 }
 
 /// Opens the streams announced for (container, exec) and starts pumping: our stdin into the
