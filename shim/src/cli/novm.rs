@@ -2,9 +2,7 @@
 //! State lives under `--root` (default /run/sandbox-novm).
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use runtime::{Container, CreateOptions, ExecOptions, Process, State};
@@ -12,6 +10,7 @@ use runtime::{Container, CreateOptions, ExecOptions, Process, State};
 use crate::controller::signals;
 
 use super::backend::{Backend, CliError};
+use super::signal::parse_signal;
 use super::{
     CreateArgs, DeleteArgs, EventsArgs, ExecArgs, KillArgs, ListArgs, PsArgs, RunArgs, UpdateArgs,
 };
@@ -58,21 +57,6 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<(), CliError> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// Parses "KILL", "SIGKILL" or "9".
-pub fn parse_signal(s: &str) -> Result<Signal, CliError> {
-    let bad = || CliError::Usage(format!("unknown signal {s:?}"));
-    if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| bad());
-    }
-    let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    Signal::from_str(&name).map_err(|_| bad())
 }
 
 /// runc's view of the state (without the runtime's bookkeeping fields). Like runc, `state`
@@ -489,18 +473,5 @@ mod console {
                 let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, t);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals_parse_like_runc() {
-        assert_eq!(parse_signal("KILL").unwrap(), Signal::SIGKILL);
-        assert_eq!(parse_signal("SIGUSR1").unwrap(), Signal::SIGUSR1);
-        assert_eq!(parse_signal("15").unwrap(), Signal::SIGTERM);
-        assert!(parse_signal("BOGUS").is_err());
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::controller::{self, Config, ExecRequest, Record, Sandbox, Status};
 
 use super::backend::{Backend, CliError};
-use super::novm::parse_signal;
+use super::signal::parse_signal;
 use super::{
     CreateArgs, DeleteArgs, EventsArgs, ExecArgs, KillArgs, ListArgs, PsArgs, RunArgs, UpdateArgs,
 };
