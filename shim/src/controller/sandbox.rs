@@ -103,7 +103,7 @@ impl Sandbox {
             phases.mark("image");
             let disks = pod_slots(&dir, slots)?;
             let memory_mib = config::guest_memory_mib(self.cfg.memory_mib, &spec.value, slots > 0);
-            let v = vmm.insert(Vmm::spawn_with_disks(
+            let v = vmm.insert(Vmm::spawn(
                 &self.cfg,
                 memory_mib,
                 &paths,
