@@ -20,11 +20,11 @@ pub mod vm;
 
 pub use bundle::BundleSpec;
 pub use config::Config;
-pub use container::{ContainerHandle, LiveState, LiveStatus};
+pub use container::{ContainerHandle, LiveState};
 pub use events::{AgentEvent, EventListener};
 pub use exec::ExecRequest;
 pub use sandbox::Sandbox;
-pub use state::{Record, Status};
+pub use state::Record;
 pub use stats::ContainerStats;
 
 /// Errors of the controller; each names the file, device or container concerned.

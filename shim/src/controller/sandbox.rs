@@ -6,18 +6,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use protocol::agent::{ContainerStatus, ProcessInfo};
+use protocol::agent::ProcessInfo;
+use runtime::Status;
 
 use crate::agent_client::{AgentClient, Endpoint, RootfsDevice, StdioSet};
 
 use super::bundle::BundleSpec;
 use super::config::{self, Config};
 use super::console;
-use super::container::ContainerHandle;
+use super::container::{status_from_proto, ContainerHandle};
 use super::image::{Cache, Image};
 use super::pod::pod_slots;
 use super::signals::{self, Forwarder};
-use super::state::{self, Record, Root, Status};
+use super::state::{self, Record, Root};
 use super::stats::ContainerStats;
 use super::stdio_attach;
 use super::timing::Phases;
@@ -359,13 +360,7 @@ impl Sandbox {
             return record.status;
         };
         match client.container_state(&record.id) {
-            Ok(s) => match s.status.enum_value_or_default() {
-                ContainerStatus::CREATED => Status::Created,
-                ContainerStatus::RUNNING => Status::Running,
-                ContainerStatus::PAUSED => Status::Paused,
-                ContainerStatus::STOPPED => Status::Stopped,
-                ContainerStatus::UNKNOWN => record.status,
-            },
+            Ok(s) => status_from_proto(s.status.enum_value_or_default()).unwrap_or(record.status),
             Err(_) => record.status,
         }
     }
@@ -449,10 +444,7 @@ impl Sandbox {
         if !force && matches!(status, Status::Running | Status::Paused | Status::Creating) {
             return Err(Error::Container {
                 id: id.to_string(),
-                reason: format!(
-                    "cannot delete a {} container: stop it first or use --force",
-                    status.as_str()
-                ),
+                reason: format!("cannot delete a {status} container: stop it first or use --force"),
             });
         }
         if record.pid != 0 {

@@ -4,6 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use runtime::Status;
 use tokio::sync::watch;
 
 /// The stdio containerd passed: FIFO paths (empty: none) and whether it is a terminal.
@@ -39,15 +40,6 @@ impl Exit {
             ..Default::default()
         }
     }
-}
-
-/// Where a process is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Created,
-    Running,
-    Paused,
-    Stopped,
 }
 
 /// A process of a task.

@@ -11,6 +11,7 @@ use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::{Task, TtrpcContext, TtrpcResult};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::ttrpc::{self, Code};
+use runtime::Status;
 
 use crate::agent_client::{self, AgentClient};
 use crate::controller::{AgentEvent, ContainerHandle, EventListener, Sandbox};
@@ -18,7 +19,7 @@ use crate::controller::{AgentEvent, ContainerHandle, EventListener, Sandbox};
 use super::events::{Event, Events};
 use super::io::{self, Relays};
 use super::pod::{self, Role};
-use super::process::{self, Exit, Process, Status, StdioPaths};
+use super::process::{self, Exit, Process, StdioPaths};
 use super::{rootfs, spec, vm_id};
 
 /// Exit status reported when the VM went away before the process's exit was known.
@@ -574,7 +575,8 @@ pub fn remove_vm(sandbox: &Sandbox, id: &str) {
 
 fn status_of(p: &Process) -> api::Status {
     match p.status {
-        Status::Created => api::Status::CREATED,
+        // A task exists once its container is created: `creating` is never its status.
+        Status::Creating | Status::Created => api::Status::CREATED,
         Status::Running => api::Status::RUNNING,
         Status::Paused => api::Status::PAUSED,
         Status::Stopped => api::Status::STOPPED,

@@ -216,7 +216,7 @@ mod tests {
             // A pid that is not running: the VMM died with the shim.
             pid: i32::MAX,
             vmm_start_time: 1,
-            status: controller::Status::Running,
+            status: runtime::Status::Running,
             bundle: dir.path().into(),
             rootfs: dir.path().into(),
             created: String::new(),
