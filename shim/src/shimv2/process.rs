@@ -16,6 +16,17 @@ pub struct StdioPaths {
     pub terminal: bool,
 }
 
+impl StdioPaths {
+    pub fn new(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> StdioPaths {
+        StdioPaths {
+            stdin: stdin.to_string(),
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+            terminal,
+        }
+    }
+}
+
 /// How and when a process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exit {
