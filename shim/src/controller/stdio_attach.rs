@@ -5,12 +5,9 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::thread::JoinHandle;
 
-use crate::agent_client::{AgentClient, StdioSet, StdioStream, StreamKind};
+use crate::agent_client::{pump, AgentClient, StdioSet, StdioStream, StreamKind, PUMP_CHUNK};
 
 use super::Error;
-
-/// Bytes moved per read.
-const CHUNK: usize = 128 * 1024;
 
 /// The output pumps of an attached process.
 pub struct Attached {
@@ -87,7 +84,7 @@ pub fn attach(
 /// stdin after the process has ended.
 fn spawn_input(mut from: File, mut to: StdioStream) {
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; PUMP_CHUNK];
         loop {
             match from.read(&mut buf) {
                 Ok(0) => break,
@@ -110,40 +107,4 @@ fn spawn_output(mut from: StdioStream, to: File) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let _ = pump(&mut from, to);
     })
-}
-
-/// Copies until EOF on `from` in large chunks (what the guest's stdio streams deliver);
-/// an error on either side ends it. Shared with the containerd shim's FIFO relay.
-pub fn pump(from: &mut impl Read, mut to: impl Write) -> io::Result<u64> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-        total += n as u64;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pump_copies_everything_in_order() {
-        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-        let out = tempfile::tempfile().unwrap();
-        let mut reader = out.try_clone().unwrap();
-        let n = pump(&mut &data[..], out).unwrap();
-        assert_eq!(n, data.len() as u64);
-        use std::io::Seek;
-        reader.rewind().unwrap();
-        let mut back = Vec::new();
-        reader.read_to_end(&mut back).unwrap();
-        assert_eq!(back, data);
-    }
 }

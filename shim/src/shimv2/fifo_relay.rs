@@ -6,10 +6,9 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::thread::JoinHandle;
 
-use crate::agent_client::{self, AgentClient, StdioSet, StdioStream, StreamKind};
+use crate::agent_client::{self, pump, AgentClient, StdioSet, StdioStream, StreamKind};
 
 use super::process::StdioPaths;
-use crate::controller::stdio_attach::pump;
 
 /// The streams to announce to the agent for these paths (a terminal's single tty stream
 /// needs none announced: the agent creates it with the pty).
