@@ -14,7 +14,7 @@ use protocol::agent_ttrpc;
 use thiserror::Error;
 
 pub use protocol::stream_header::StreamKind;
-pub use stdio_stream::{pump, StdioStream, PUMP_CHUNK};
+pub use stdio_stream::{pump, OutputPumps, StdioStream, PUMP_CHUNK};
 
 use crate::vsock;
 

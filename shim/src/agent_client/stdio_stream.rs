@@ -4,6 +4,7 @@
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
+use std::thread::JoinHandle;
 
 use protocol::stream_header::{read_ack, StreamHeader, StreamKind};
 
@@ -82,6 +83,27 @@ impl Write for StdioStream {
 
     fn flush(&mut self) -> io::Result<()> {
         self.stream.flush()
+    }
+}
+
+/// The output threads of one process's relay (its stdout and stderr, or its tty), each
+/// pumping a stream to the host until EOF.
+#[derive(Debug, Default)]
+pub struct OutputPumps {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl OutputPumps {
+    pub fn push(&mut self, thread: JoinHandle<()>) {
+        self.threads.push(thread);
+    }
+
+    /// Waits until every output stream reached EOF and was written (or its host side failed),
+    /// so the last byte precedes the exit that the caller reports next.
+    pub fn drain(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
     }
 }
 

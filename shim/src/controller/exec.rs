@@ -67,7 +67,7 @@ impl Sandbox {
         let attached = stdio_attach::attach(&client, id, &exec_id, terminal)?;
         Forwarder::spawn(sigset).started(&client, id, &exec_id, terminal);
         let status = client.wait_process(id, &exec_id)?;
-        attached.finish();
+        attached.drain();
         drop(raw);
         Ok(status.code())
     }

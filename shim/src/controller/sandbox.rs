@@ -328,7 +328,7 @@ impl Sandbox {
             phases.mark("start");
             fwd.started(&client, id, "", spec.terminal);
             let status = client.wait_process(id, "")?;
-            attached.finish();
+            attached.drain();
             drop(raw);
             phases.mark("exit");
             Ok(status.code())

@@ -5,23 +5,11 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::thread::JoinHandle;
 
-use crate::agent_client::{pump, AgentClient, StdioSet, StdioStream, StreamKind, PUMP_CHUNK};
+use crate::agent_client::{
+    pump, AgentClient, OutputPumps, StdioSet, StdioStream, StreamKind, PUMP_CHUNK,
+};
 
 use super::Error;
-
-/// The output pumps of an attached process.
-pub struct Attached {
-    outputs: Vec<JoinHandle<()>>,
-}
-
-impl Attached {
-    /// Waits until every output stream reached EOF (or its host side failed).
-    pub fn finish(self) {
-        for t in self.outputs {
-            let _ = t.join();
-        }
-    }
-}
 
 fn dup(fd: std::os::fd::BorrowedFd<'_>, what: &str) -> Result<File, Error> {
     fd.try_clone_to_owned()
@@ -58,9 +46,9 @@ pub fn attach(
     container_id: &str,
     exec_id: &str,
     terminal: bool,
-) -> Result<Attached, Error> {
+) -> Result<OutputPumps, Error> {
     let open = |kind| client.open_stream(container_id, exec_id, kind);
-    let mut outputs = Vec::new();
+    let mut outputs = OutputPumps::default();
     if terminal {
         let tty = open(StreamKind::Tty)?;
         let input = tty.try_clone().map_err(|source| Error::Io {
@@ -77,7 +65,7 @@ pub fn attach(
         outputs.push(spawn_output(stdout, host_fd(1)?));
         outputs.push(spawn_output(stderr, host_fd(2)?));
     }
-    Ok(Attached { outputs })
+    Ok(outputs)
 }
 
 /// Host input into a stream until EOF, then a half-close. Detached: it may block on our

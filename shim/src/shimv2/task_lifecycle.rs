@@ -9,11 +9,11 @@ use containerd_shim::TtrpcResult;
 use containerd_shim_protos::ttrpc::{self, Code};
 use runtime::Status;
 
-use crate::agent_client::AgentClient;
+use crate::agent_client::{AgentClient, OutputPumps};
 use crate::controller::{ContainerHandle, Sandbox};
 
 use super::events::Event;
-use super::fifo_relay::{self, Relays};
+use super::fifo_relay;
 use super::pod::{self, Role};
 use super::pod_join::join_pod;
 use super::process::{Exit, Process, StdioPaths};
@@ -296,7 +296,7 @@ impl Service {
 
     /// Waits (on a blocking thread) for the process to end in the guest, drains its output,
     /// then publishes TaskExit before any waiter learns of the exit.
-    fn watch_exit(&self, client: AgentClient, id: String, exec_id: String, relays: Relays) {
+    fn watch_exit(&self, client: AgentClient, id: String, exec_id: String, relays: OutputPumps) {
         let svc = self.clone();
         tokio::task::spawn_blocking(move || {
             let status = match client.wait_process(&vm_id(&id), &exec_id) {
