@@ -1,7 +1,7 @@
 //! Typed client of the in-guest agent: the ttrpc API over the VMM's hybrid vsock socket
 //! (or plain Unix sockets for host tests), plus opening stdio streams to processes.
 
-mod stdio;
+mod stdio_stream;
 
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
@@ -14,7 +14,7 @@ use protocol::agent_ttrpc;
 use thiserror::Error;
 
 pub use protocol::stream_header::StreamKind;
-pub use stdio::StdioStream;
+pub use stdio_stream::{pump, OutputPumps, StdioStream, PUMP_CHUNK};
 
 use crate::vsock;
 

@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use runtime::Status;
 use serde::{Deserialize, Serialize};
 
 /// Name of the record inside a container directory.
@@ -29,29 +30,6 @@ pub enum Error {
     },
 }
 
-/// runc's statuses, plus `creating` while the VM starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Creating,
-    Created,
-    Running,
-    Paused,
-    Stopped,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Creating => "creating",
-            Status::Created => "created",
-            Status::Running => "running",
-            Status::Paused => "paused",
-            Status::Stopped => "stopped",
-        }
-    }
-}
-
 /// The content of `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
@@ -62,7 +40,7 @@ pub struct Record {
     pub pid: i32,
     /// Start time of the VMM (field 22 of /proc/PID/stat), against PID reuse.
     pub vmm_start_time: u64,
-    /// Last status known without asking the agent.
+    /// Last status known without asking the agent (`creating` while the VM starts).
     pub status: Status,
     pub bundle: PathBuf,
     /// The bundle's rootfs on this host (read, never written).
