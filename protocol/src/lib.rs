@@ -1,7 +1,6 @@
 //! The agent API (ttrpc over vsock) between the host controller and the agent: generated
 //! messages and services, the well-known ports and the stdio streams' header (`stream_header`).
 
-
 /// Messages of proto/agent.proto (rust-protobuf).
 #[allow(
     clippy::all,

@@ -12,7 +12,6 @@
 //! subreaper or PID 1 such as the guest agent sees their SIGCHLD). Call `create`/`exec` from a
 //! thread that holds no locks the forked child needs (fork copies only the calling thread).
 
-
 pub mod capabilities;
 pub mod cgroups;
 pub mod container;

@@ -1,8 +1,6 @@
 //! containerd-shim-sandbox-v2: containerd's runtime `io.containerd.sandbox.v2`. With no
 //! action it serves the Task API (`shimv2::serve`); `start` and `delete` are one-shot.
 
-#![deny(clippy::undocumented_unsafe_blocks)]
-
 use shim::shimv2::{self, config, serve, start};
 
 fn main() {

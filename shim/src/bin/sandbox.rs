@@ -1,8 +1,6 @@
 //! `sandbox`: the runc-compatible command line. Each container runs in its own microVM, or
 //! with `--no-vm` directly on this host (runc-level isolation).
 
-#![deny(clippy::undocumented_unsafe_blocks)]
-
 use clap::Parser;
 use shim::cli::{self, Cli};
 
