@@ -130,8 +130,16 @@ impl Containers {
         Ok(init)
     }
 
+    /// Starts the container's init and returns once it has left the runtime's code: its
+    /// program exec'd (or the process gone), not merely released. Whatever the host does next
+    /// (the VMM's trim of start-up pages, a benchmark's clock) then sees the workload started.
     pub fn start(&self, id: &str) -> Result<(), Error> {
-        Ok(self.load(id)?.start()?)
+        let mut container = self.load(id)?;
+        let pid = container.pid();
+        let before = init_exe(pid);
+        container.start()?;
+        wait_for_exec(pid, before.as_deref());
+        Ok(())
     }
 
     pub fn state(&self, id: &str) -> Result<InitState, Error> {
@@ -291,4 +299,60 @@ fn sanitize(id: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .take(64)
         .collect()
+}
+
+/// The program a process runs (`/proc/PID/exe`), `None` once it is gone.
+fn init_exe(pid: i32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+/// Longest wait for an init to exec its program after `start`.
+const EXEC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until `pid` runs another program than `before` or is gone, at most [`EXEC_WAIT`].
+fn wait_for_exec(pid: i32, before: Option<&std::path::Path>) {
+    let Some(before) = before else { return };
+    let deadline = std::time::Instant::now() + EXEC_WAIT;
+    let mut pause = std::time::Duration::from_micros(200);
+    while std::time::Instant::now() < deadline {
+        match init_exe(pid) {
+            Some(exe) if exe == before => {}
+            _ => return,
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+    log::warn!(
+        "container init {pid} has not exec'd its program {} s after start",
+        EXEC_WAIT.as_secs()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_waits_for_the_init_to_exec_its_program() {
+        // A shell that execs sleep after 300 ms: the wait ends with the exec, not before.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.3; exec sleep 5"])
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id() as i32;
+        let before = init_exe(pid).expect("sh's exe");
+        let begin = std::time::Instant::now();
+        wait_for_exec(pid, Some(&before));
+        let waited = begin.elapsed();
+        let after = init_exe(pid).expect("sleep's exe");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_ne!(after, before, "returned before the exec");
+        assert!(waited >= std::time::Duration::from_millis(250), "{waited:?}");
+        assert!(waited < EXEC_WAIT, "{waited:?}");
+        // A process that is gone ends the wait at once.
+        let begin = std::time::Instant::now();
+        wait_for_exec(pid, Some(&before));
+        assert!(begin.elapsed() < std::time::Duration::from_secs(1));
+    }
 }
