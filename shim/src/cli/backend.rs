@@ -91,7 +91,7 @@ pub fn dispatch(b: &dyn Backend, cmd: &Command) -> Result<i32, CliError> {
         Command::Resume(a) => b.pause(&a.id, false)?,
         Command::Events(a) => b.events(a)?,
         Command::Update(a) => b.update(a)?,
-        Command::Spec(_) | Command::TtyRelay(_) | Command::Config => {
+        Command::Spec(_) | Command::TtyRelay(_) | Command::Config(_) => {
             unreachable!("handled before choosing a backend")
         }
     }

@@ -85,7 +85,15 @@ pub enum Command {
     /// Write a default config.json into the bundle directory.
     Spec(SpecArgs),
     /// Print the effective configuration and where each value came from.
-    Config,
+    Config(ConfigArgs),
+}
+
+/// `config` flags.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Print the default config file instead (every key commented out with its default).
+    #[arg(long)]
+    pub default: bool,
 }
 
 /// A container id.
@@ -256,9 +264,18 @@ impl Cli {
 
 /// Runs the parsed command line; returns the process exit code.
 pub fn run(cli: &Cli) -> Result<i32, CliError> {
-    if let Command::Config = &cli.command {
-        let s = settings::load(&cli.settings_request())?;
-        print!("{}", settings::show::render(&s));
+    if let Command::Config(a) = &cli.command {
+        if a.default {
+            let exe = std::env::current_exe().unwrap_or_default();
+            let defaults = settings::keys::defaults(
+                settings::Setting::default(settings::DEFAULT_CONFIG_FILE.into()),
+                &exe,
+            );
+            print!("{}", settings::show::render_default(&defaults));
+        } else {
+            let s = settings::load(&cli.settings_request())?;
+            print!("{}", settings::show::render(&s));
+        }
         return Ok(0);
     }
     if let Command::Spec(a) = &cli.command {

@@ -272,39 +272,56 @@ pub struct Entry<'a> {
     /// None: unset.
     pub value: Option<toml::Value>,
     pub source: &'a Source,
+    /// What it is, for the default file `cargo xtask install` writes.
+    pub doc: &'static str,
 }
 
 /// Every setting, in the file's order.
 pub fn entries(s: &Settings) -> Vec<Entry<'_>> {
-    fn e<'a, T: ToToml>(section: &'static str, key: &'static str, v: &'a Setting<T>) -> Entry<'a> {
+    fn e<'a, T: ToToml>(
+        section: &'static str,
+        key: &'static str,
+        v: &'a Setting<T>,
+        doc: &'static str,
+    ) -> Entry<'a> {
         Entry {
             section,
             key,
             value: v.value.to_toml(),
             source: &v.source,
+            doc,
         }
     }
+    let (vm, st, cf) = (&s.vm, &s.state, &s.confinement);
     vec![
-        e("vm", "vcpus", &s.vm.vcpus),
-        e("vm", "memory_mib", &s.vm.memory_mib),
-        e("vm", "kernel", &s.vm.kernel),
-        e("vm", "root_image", &s.vm.root_image),
-        e("vm", "initrd", &s.vm.initrd),
-        e("vm", "vmm", &s.vm.vmm),
-        e("vm", "vmm_log_level", &s.vm.vmm_log_level),
-        e("agent", "timeout_secs", &s.agent.timeout_secs),
-        e("image", "cache", &s.image.cache),
-        e("state", "root", &s.state.root),
-        e("state", "shim_root", &s.state.shim_root),
-        e("network", "model", &s.network.model),
-        e("shared_fs", "kind", &s.shared_fs.kind),
-        e("shared_fs", "cache", &s.shared_fs.cache),
-        e("confinement", "seccomp", &s.confinement.seccomp),
-        e("confinement", "jailer", &s.confinement.jailer),
-        e("confinement", "uid_base", &s.confinement.uid_base),
-        e("confinement", "uid_count", &s.confinement.uid_count),
-        e("templates", "enabled", &s.templates.enabled),
-        e("templates", "dir", &s.templates.dir),
+        e("vm", "vcpus", &vm.vcpus, "vCPUs of each microVM ($SANDBOX_VCPUS)"),
+        e("vm", "memory_mib", &vm.memory_mib,
+            "guest RAM in MiB; the container's memory limit is added ($SANDBOX_MEMORY_MIB)"),
+        e("vm", "kernel", &vm.kernel, "uncompressed guest kernel ($SANDBOX_KERNEL)"),
+        e("vm", "root_image", &vm.root_image,
+            "guest root image with the agent, erofs ($SANDBOX_ROOTFS)"),
+        e("vm", "initrd", &vm.initrd,
+            "an initramfs booted instead of the root image ($SANDBOX_INITRD)"),
+        e("vm", "vmm", &vm.vmm, "sandbox-vmm: a path, or a name on $PATH ($SANDBOX_VMM)"),
+        e("vm", "vmm_log_level", &vm.vmm_log_level,
+            "the VMM's log level in <state>/<id>/vmm.log: error|warn|info|debug|trace ($SANDBOX_VMM_LOG)"),
+        e("agent", "timeout_secs", &s.agent.timeout_secs,
+            "seconds the guest may take to reach agent-ready ($SANDBOX_AGENT_TIMEOUT)"),
+        e("image", "cache", &s.image.cache,
+            "container images (erofs) built from rootfs directories ($SANDBOX_IMAGE_CACHE)"),
+        e("state", "root", &st.root, "state of `sandbox` containers (--root, $SANDBOX_ROOT)"),
+        e("state", "shim_root", &st.shim_root,
+            "state of containerd tasks, per namespace ($SANDBOX_SHIM_ROOT)"),
+        e("network", "model", &s.network.model, "none; tc-filter with issue 17"),
+        e("shared_fs", "kind", &s.shared_fs.kind, "none; virtio-fs with issue 18"),
+        e("shared_fs", "cache", &s.shared_fs.cache,
+            "auto|always|never: the guest's caching of shared files (issue 18)"),
+        e("confinement", "seccomp", &cf.seccomp, "off; on|log with issue 20"),
+        e("confinement", "jailer", &cf.jailer, "false; true with issue 20"),
+        e("confinement", "uid_base", &cf.uid_base, "first uid/gid for confined VMMs (issue 20)"),
+        e("confinement", "uid_count", &cf.uid_count, "uids/gids in that range (issue 20)"),
+        e("templates", "enabled", &s.templates.enabled, "false; true with issue 21"),
+        e("templates", "dir", &s.templates.dir, "where templates are kept (issue 21)"),
     ]
 }
 

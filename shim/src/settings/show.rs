@@ -49,3 +49,26 @@ pub fn render(s: &Settings) -> String {
     }
     out
 }
+
+/// The config file `cargo xtask install` writes when there is none (`sandbox config
+/// --default`): every key commented out with its default and what it is.
+pub fn render_default(defaults: &Settings) -> String {
+    let mut out = String::from(
+        "# sandbox's config file, read by the sandbox CLI and containerd-shim-sandbox-v2\n\
+         # (docs/config.md). Every key is shown commented out with its default: uncomment a\n\
+         # line to change it. Precedence: default < this file < SANDBOX_* variables < flags.\n",
+    );
+    let mut section = "";
+    for e in entries(defaults) {
+        if e.section != section {
+            let _ = writeln!(out, "\n[{}]", e.section);
+            section = e.section;
+        }
+        let _ = writeln!(out, "# {}", e.doc);
+        let _ = match &e.value {
+            Some(v) => writeln!(out, "# {} = {v}", e.key),
+            None => writeln!(out, "# {} (unset)", e.key),
+        };
+    }
+    out
+}

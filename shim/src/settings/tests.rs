@@ -325,3 +325,36 @@ fn sandbox_config_shows_each_value_and_its_source() {
     assert_eq!(again.vm.memory_mib.value, 256);
     assert_eq!(again.state.root.value, Path::new("/run/r"));
 }
+
+#[test]
+fn the_default_file_documents_every_key_with_its_default() {
+    let defaults = load_from(None, &[], None).unwrap();
+    let text = show::render_default(&defaults);
+    assert!(text.contains("\n[vm]\n# vCPUs of each microVM ($SANDBOX_VCPUS)\n# vcpus = 1\n"));
+    assert!(
+        text.contains("# kernel = \"/opt/sb/share/sandbox/vmlinux\"\n"),
+        "{text}"
+    );
+    // As written it sets nothing; uncommented, it sets every key to its default.
+    let as_is = config_file(&text);
+    let s = load_from(Some(&as_is.path), &[], None).unwrap();
+    assert_eq!(s.vm.memory_mib.source, Source::Default(None));
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(kv) if kv.contains(" = ") => format!("{kv}\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    let f = config_file(&uncommented);
+    let s = load_from(Some(&f.path), &[], None).unwrap();
+    for (got, want) in keys::entries(&s)
+        .iter()
+        .zip(keys::entries(&defaults).iter())
+    {
+        assert_eq!(got.value, want.value, "{}.{}", got.section, got.key);
+        if want.value.is_some() {
+            assert!(matches!(got.source, Source::File { .. }), "{}", got.key);
+        }
+    }
+}
