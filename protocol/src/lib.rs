@@ -30,7 +30,10 @@ pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
 
+pub mod exit_status;
 pub mod stream_header;
+
+pub use exit_status::ExitStatus;
 
 /// The vsock port the agent serves the ttrpc API on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

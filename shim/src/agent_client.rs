@@ -143,33 +143,7 @@ impl StdioSet {
     }
 }
 
-/// How a process ended, as the agent reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
-    Exited(i32),
-    Signaled { signal: u32, core_dumped: bool },
-}
-
-impl ExitStatus {
-    pub fn from_proto(s: &protocol::agent::ExitStatus) -> ExitStatus {
-        if s.signal != 0 {
-            ExitStatus::Signaled {
-                signal: s.signal,
-                core_dumped: s.core_dumped,
-            }
-        } else {
-            ExitStatus::Exited(s.exit_code)
-        }
-    }
-
-    /// The exit code a shell (and runc) reports: the code, or 128+N after signal N.
-    pub fn code(self) -> i32 {
-        match self {
-            ExitStatus::Exited(code) => code,
-            ExitStatus::Signaled { signal, .. } => 128 + signal as i32,
-        }
-    }
-}
+pub use protocol::ExitStatus;
 
 /// The container's root filesystem on a guest block device.
 #[derive(Debug, Clone, Default)]

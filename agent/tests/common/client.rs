@@ -113,32 +113,7 @@ impl StdioSet {
     }
 }
 
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
-    Exited(i32),
-    Signaled { signal: u32, core_dumped: bool },
-}
-
-impl ExitStatus {
-    fn from_proto(s: &protocol::agent::ExitStatus) -> ExitStatus {
-        match s.signal {
-            0 => ExitStatus::Exited(s.exit_code),
-            signal => ExitStatus::Signaled {
-                signal,
-                core_dumped: s.core_dumped,
-            },
-        }
-    }
-
-    /// The code a shell reports: the exit code, or 128+N after signal N.
-    pub fn code(self) -> i32 {
-        match self {
-            ExitStatus::Exited(code) => code,
-            ExitStatus::Signaled { signal, .. } => 128 + signal as i32,
-        }
-    }
-}
+pub use protocol::ExitStatus;
 
 /// A container's root filesystem: a guest block device, or on a host run a directory.
 #[derive(Debug, Clone, Default)]
