@@ -155,9 +155,13 @@ fn pod_with_sleeper(client: &cri::Client, logs: &Path, handler: &str) -> (String
     (pod, id)
 }
 
-fn start_containerd(dir: &Path, config_file: &Path) -> Containerd {
+/// containerd with `config_file`, none of our variables, and the prefix's `bin` on its
+/// `$PATH` (as `/usr/local/bin` is on a system containerd's): containerd 1.6.20 finds a CRI
+/// handler's shim there, whatever `runtime_path` says.
+fn start_containerd(dir: &Path, config_file: &Path, bin: &Path) -> Containerd {
     let daemon = containerd::Builder::new(containerd::Config::new(dir, image::PAUSE))
         .config_file(config_file)
+        .path_first(bin)
         .without_sandbox_vars()
         .start()
         .expect("start containerd");
@@ -288,7 +292,7 @@ fn install_run_containerd_handlers_and_uninstall() {
     assert_eq!(out.stdout, "from-the-installed-runtime\n", "{out:?}");
 
     // containerd with the edited config: each handler's pod gets its own VM size.
-    let daemon = start_containerd(&daemon_dir, &ctrd_config);
+    let daemon = start_containerd(&daemon_dir, &ctrd_config, &prefix.join("bin"));
     let client = cri::Client::connect(&daemon.socket()).expect("connect to CRI");
     let logs = daemon_dir.join("pod-logs");
     fs::create_dir_all(&logs).unwrap();
