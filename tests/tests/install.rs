@@ -7,7 +7,7 @@
 //! `cargo xtask test` in the lab (which names its own xtask in `$SANDBOX_XTASK`).
 
 // The client's whole API is compiled here, not only what these tests call.
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../src/cri.rs"]
 mod cri;
 
@@ -188,7 +188,11 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
 fn install_run_containerd_handlers_and_uninstall() {
     let xtask = require!(binaries::XTASK.path());
     require!(artifacts::vmlinux());
-    require!(binaries::paths(&[binaries::SANDBOX, binaries::VMM, binaries::SHIM]));
+    require!(binaries::paths(&[
+        binaries::SANDBOX,
+        binaries::VMM,
+        binaries::SHIM
+    ]));
     let dirs = Dirs {
         work: tempfile::Builder::new()
             .prefix("sandbox-install-")
@@ -235,11 +239,17 @@ fn install_run_containerd_handlers_and_uninstall() {
     assert!(share.join("vmlinux").is_file() && share.join("rootfs.erofs").is_file());
     let sandbox = dirs.bin("sandbox");
     let installed_config = fs::read_to_string(&config).expect("the default config file");
-    assert_eq!(installed_config, ok(run_clean(&sandbox, &["config", "--default"])));
+    assert_eq!(
+        installed_config,
+        ok(run_clean(&sandbox, &["config", "--default"]))
+    );
     // containerd's config keeps every line of the user's and gains the handler; a backup.
     let edited = fs::read_to_string(&ctrd_config).unwrap();
     for line in user_ctrd.lines() {
-        assert!(edited.lines().any(|l| l == line), "{line:?} lost:\n{edited}");
+        assert!(
+            edited.lines().any(|l| l == line),
+            "{line:?} lost:\n{edited}"
+        );
     }
     assert!(edited.contains("runtimes.sandbox]"), "{edited}");
     let backup = daemon_dir.join("config.toml.sandbox-backup");
@@ -257,7 +267,9 @@ fn install_run_containerd_handlers_and_uninstall() {
     let shown = ok(run_clean(&sandbox, &["--config", cfg, "config"]));
     let kernel = format!("kernel = \"{}\"", share.join("vmlinux").display());
     assert!(
-        shown.lines().any(|l| l.starts_with(&kernel) && l.contains("# default: ")),
+        shown
+            .lines()
+            .any(|l| l.starts_with(&kernel) && l.contains("# default: ")),
         "{shown}"
     );
 
@@ -324,11 +336,18 @@ fn install_run_containerd_handlers_and_uninstall() {
     assert!(!refused.status.success(), "{refused:?}");
     assert!(
         refused.stderr.contains("still running")
-            && refused.stderr.contains(&format!("{}/shim/k8s.io", dirs.run.display()))
-            && refused.stderr.contains(&format!("{}/shim-big/k8s.io", dirs.run.display())),
+            && refused
+                .stderr
+                .contains(&format!("{}/shim/k8s.io", dirs.run.display()))
+            && refused
+                .stderr
+                .contains(&format!("{}/shim-big/k8s.io", dirs.run.display())),
         "{refused:?}"
     );
-    assert!(dirs.bin("sandbox").is_file(), "nothing removed when refused");
+    assert!(
+        dirs.bin("sandbox").is_file(),
+        "nothing removed when refused"
+    );
 
     for pod in [&small_pod, &big_pod] {
         client.stop_pod_sandbox(pod).expect("StopPodSandbox");
@@ -346,11 +365,15 @@ fn install_run_containerd_handlers_and_uninstall() {
         &xtask,
         &["uninstall", "--prefix", prefix.to_str().unwrap()],
     ));
-    assert_eq!(fs::read_to_string(&ctrd_config).unwrap(), user_ctrd, "{said}");
+    assert_eq!(
+        fs::read_to_string(&ctrd_config).unwrap(),
+        user_ctrd,
+        "{said}"
+    );
     assert!(!backup.exists(), "{said}");
     assert_eq!(
         tree(dirs.work.path()),
-        [big.clone()],
+        [big],
         "left of the install: {said}"
     );
     drop(daemon);

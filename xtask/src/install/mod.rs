@@ -24,8 +24,10 @@ pub use uninstall::{run as uninstall, UninstallArgs};
 /// What goes into `PREFIX/bin`: the one list of installed binaries (a helper daemon a later
 /// feature adds goes here too).
 pub const BINARIES: &[Binary] = &[binaries::SANDBOX, binaries::VMM, binaries::SHIM];
+/// Where `cargo xtask setup` put a guest file.
+type GuestFile = fn() -> Result<PathBuf, artifacts::Error>;
 /// What goes into `PREFIX/share/sandbox`: the guest files `cargo xtask setup` built.
-const GUEST_FILES: &[(&str, fn() -> Result<PathBuf, artifacts::Error>)] = &[
+const GUEST_FILES: &[(&str, GuestFile)] = &[
     ("vmlinux", artifacts::vmlinux),
     ("rootfs.erofs", artifacts::rootfs),
 ];
