@@ -371,10 +371,6 @@ fn install_run_containerd_handlers_and_uninstall() {
         "{said}"
     );
     assert!(!backup.exists(), "{said}");
-    assert_eq!(
-        tree(dirs.work.path()),
-        [big],
-        "left of the install: {said}"
-    );
+    assert_eq!(tree(dirs.work.path()), [big], "left of the install: {said}");
     drop(daemon);
 }
