@@ -4,5 +4,6 @@
 pub mod agent_client;
 pub mod cli;
 pub mod controller;
+pub mod settings;
 pub mod shimv2;
 pub mod vsock;

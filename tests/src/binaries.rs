@@ -41,6 +41,14 @@ pub const SHIM: Binary = Binary {
     package: "shim",
 };
 
+/// `cargo xtask` itself (the install tests run `xtask install --no-build`); `cargo xtask test`
+/// names the running one.
+pub const XTASK: Binary = Binary {
+    name: "xtask",
+    var: "SANDBOX_XTASK",
+    package: "xtask",
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(

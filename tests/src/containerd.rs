@@ -65,7 +65,7 @@ pub fn builder(config: Config) -> Builder {
         }
     }
     // The shim's state and image cache stay under the daemon's directory, and no host-wide
-    // configuration file applies (an empty one is written by `start`).
+    // config file applies (an empty one is written by `start`).
     b.env(
         "SANDBOX_SHIM_ROOT",
         dir.join("shim").to_string_lossy().into_owned(),
@@ -75,10 +75,13 @@ pub fn builder(config: Config) -> Builder {
         dir.join("images").to_string_lossy().into_owned(),
     )
     .env(
-        "SANDBOX_SHIM_CONFIG",
-        dir.join("shim.env").to_string_lossy().into_owned(),
+        "SANDBOX_CONFIG",
+        dir.join(SHIM_CONFIG).to_string_lossy().into_owned(),
     )
 }
+
+/// The shim's config file in the daemon's directory: empty, the tests set `SANDBOX_*`.
+pub const SHIM_CONFIG: &str = "sandbox-config.toml";
 
 /// A daemon with the default config (pause image `image::PAUSE`), the busybox and pause images
 /// imported into `namespaces`.
@@ -89,11 +92,11 @@ pub fn start(name: &str, namespaces: &[&str]) -> Result<Containerd, StartError> 
 
 /// Like `start`, with a given config.
 pub fn start_with(config: Config, namespaces: &[&str]) -> Result<Containerd, StartError> {
-    let shim_env = config.dir.join("shim.env");
+    let shim_config = config.dir.join(SHIM_CONFIG);
     std::fs::create_dir_all(&config.dir)
-        .and_then(|()| std::fs::write(&shim_env, "# no defaults: the tests set SANDBOX_*\n"))
+        .and_then(|()| std::fs::write(&shim_config, "# no settings: the tests set SANDBOX_*\n"))
         .map_err(|source| StartError::Prepare {
-            path: shim_env,
+            path: shim_config,
             source,
         })?;
     let daemon = builder(config).start()?;
@@ -144,8 +147,8 @@ mod tests {
             Some("/run/sandbox-ctrd-x/images")
         );
         assert_eq!(
-            get("SANDBOX_SHIM_CONFIG"),
-            Some("/run/sandbox-ctrd-x/shim.env")
+            get("SANDBOX_CONFIG"),
+            Some("/run/sandbox-ctrd-x/sandbox-config.toml")
         );
     }
 }

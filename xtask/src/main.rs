@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod boot;
 mod demo;
+mod install;
 mod lab;
 mod setup;
 mod test;
@@ -30,6 +31,11 @@ enum Cmd {
     Test(test::Args),
     /// Benchmarks against peers (QEMU, runc, crun) with a report and plots.
     Bench(bench::Args),
+    /// Build in release mode and install the runtime (binaries, guest, config file; with
+    /// --containerd / --docker also their configs), recorded in a manifest.
+    Install(install::Args),
+    /// Remove what cargo xtask install added (refused while sandboxes are running).
+    Uninstall(install::UninstallArgs),
 }
 
 fn main() -> Result<()> {
@@ -41,5 +47,7 @@ fn main() -> Result<()> {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Test(a) => test::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Install(a) => install::run(a),
+        Cmd::Uninstall(a) => install::uninstall(a),
     }
 }

@@ -1,14 +1,9 @@
 //! containerd-shim-sandbox-v2: containerd's runtime `io.containerd.sandbox.v2`. With no
 //! action it serves the Task API (`shimv2::serve`); `start` and `delete` are one-shot.
 
-use shim::shimv2::{self, config, serve, start};
+use shim::shimv2::{self, serve, start};
 
 fn main() {
-    // Before any thread exists: the file's settings become environment defaults.
-    if let Err(e) = config::apply_file_defaults() {
-        eprintln!("containerd-shim-sandbox-v2: {e}");
-        std::process::exit(1);
-    }
     let args: Vec<_> = std::env::args_os().collect();
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(f) => f,
@@ -35,11 +30,13 @@ fn main() {
                 std::process::exit(1);
             }
         } else if flags.action == "start" {
-            // containerd 1.x reads a bare address; the crate answers in 2.x's JSON.
+            // containerd 1.x reads a bare address; the crate answers in 2.x's JSON. Its
+            // runtime options come on stdin.
+            let mut options = Vec::new();
             if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut options);
             }
-            match start::start_server(start::legacy_start_opts(&flags)).await {
+            match start::start_server(start::legacy_start_opts(&flags, &options)).await {
                 Ok(address) => print!("{address}"),
                 Err(e) => {
                     eprintln!("containerd-shim-sandbox-v2: start: {e}");

@@ -17,6 +17,9 @@ pub enum CliError {
     /// The microVM backend (host controller) failed.
     #[error(transparent)]
     Controller(#[from] crate::controller::Error),
+    /// The configuration (file, variables, flags) is wrong.
+    #[error(transparent)]
+    Settings(#[from] crate::settings::Error),
     /// A flag or argument is wrong.
     #[error("{0}")]
     Usage(String),
@@ -67,7 +70,8 @@ pub fn select(cli: &Cli) -> Result<Box<dyn Backend>, CliError> {
             .unwrap_or_else(|| PathBuf::from(super::NOVM_ROOT));
         Ok(Box::new(super::novm::NoVm::new(root)))
     } else {
-        Ok(Box::new(super::vm::Vm::new(cli.root.clone(), cli.debug)?))
+        let settings = crate::settings::load(&cli.settings_request())?;
+        Ok(Box::new(super::vm::Vm::new(&settings, cli.debug)))
     }
 }
 
@@ -87,7 +91,7 @@ pub fn dispatch(b: &dyn Backend, cmd: &Command) -> Result<i32, CliError> {
         Command::Resume(a) => b.pause(&a.id, false)?,
         Command::Events(a) => b.events(a)?,
         Command::Update(a) => b.update(a)?,
-        Command::Spec(_) | Command::TtyRelay(_) => {
+        Command::Spec(_) | Command::TtyRelay(_) | Command::Config(_) => {
             unreachable!("handled before choosing a backend")
         }
     }

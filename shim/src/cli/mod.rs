@@ -13,6 +13,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::settings;
+
 pub use backend::{select, Backend, CliError};
 pub use update::UpdateArgs;
 
@@ -30,9 +32,13 @@ pub struct Cli {
     /// Log debug messages to stderr.
     #[arg(long, global = true)]
     pub debug: bool,
-    /// Directory for container state (default /run/sandbox-novm with --no-vm).
+    /// Directory for container state (default: state.root of the config file, /run/sandbox;
+    /// /run/sandbox-novm with --no-vm).
     #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// The config file (default $SANDBOX_CONFIG, else /etc/sandbox/config.toml; docs/config.md).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Accepted for runc compatibility (containerd passes it); logs go to stderr.
     #[arg(long, global = true, value_name = "FILE", hide = true)]
     pub log: Option<PathBuf>,
@@ -78,6 +84,16 @@ pub enum Command {
     TtyRelay(TtyRelayArgs),
     /// Write a default config.json into the bundle directory.
     Spec(SpecArgs),
+    /// Print the effective configuration and where each value came from.
+    Config(ConfigArgs),
+}
+
+/// `config` flags.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Print the default config file instead (every key commented out with its default).
+    #[arg(long)]
+    pub default: bool,
 }
 
 /// A container id.
@@ -233,8 +249,35 @@ pub struct SpecArgs {
     pub bundle: PathBuf,
 }
 
+impl Cli {
+    /// What the command line adds to the settings: `--config` and `--root`.
+    pub fn settings_request(&self) -> settings::Request {
+        settings::Request {
+            config: self
+                .config
+                .clone()
+                .map(|path| (path, settings::Source::Flag("--config"))),
+            root: self.root.clone(),
+        }
+    }
+}
+
 /// Runs the parsed command line; returns the process exit code.
 pub fn run(cli: &Cli) -> Result<i32, CliError> {
+    if let Command::Config(a) = &cli.command {
+        if a.default {
+            let exe = std::env::current_exe().unwrap_or_default();
+            let defaults = settings::keys::defaults(
+                settings::Setting::default(settings::DEFAULT_CONFIG_FILE.into()),
+                &exe,
+            );
+            print!("{}", settings::show::render_default(&defaults));
+        } else {
+            let s = settings::load(&cli.settings_request())?;
+            print!("{}", settings::show::render(&s));
+        }
+        return Ok(0);
+    }
     if let Command::Spec(a) = &cli.command {
         spec::write_default(&a.bundle)?;
         return Ok(0);

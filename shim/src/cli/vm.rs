@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use runtime::Status;
 
-use crate::controller::{self, Config, ExecRequest, Record, Sandbox};
+use crate::controller::{self, ExecRequest, Record, Sandbox};
+use crate::settings::Settings;
 
 use super::backend::{Backend, CliError};
 use super::signal::parse_signal;
@@ -20,12 +21,11 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// A backend with settings from the environment (see `controller::Config::from_env`).
-    pub fn new(root: Option<PathBuf>, debug: bool) -> Result<Vm, CliError> {
-        let cfg = Config::from_env(root, debug).map_err(controller::Error::from)?;
-        Ok(Vm {
-            sandbox: Sandbox::new(cfg),
-        })
+    /// A backend with the given settings (state under `state.root`).
+    pub fn new(settings: &Settings, debug: bool) -> Vm {
+        Vm {
+            sandbox: Sandbox::new(settings.cli_config(debug)),
+        }
     }
 }
 
@@ -327,7 +327,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("process.json");
         std::fs::write(&file, r#"{"args":["sh"],"env":["A=1"]}"#).unwrap();
-        let vm = Vm::new(Some(dir.path().join("root")), false).unwrap();
+        let req = crate::settings::Request {
+            config: Some((
+                "/dev/null".into(),
+                crate::settings::Source::Flag("--config"),
+            )),
+            root: Some(dir.path().join("root")),
+        };
+        let settings =
+            crate::settings::load_with(&req, &|_| None, Path::new("/x/bin/sandbox")).unwrap();
+        let vm = Vm::new(&settings, false);
         let args = ExecArgs {
             process: Some(file),
             tty: false,

@@ -1,6 +1,6 @@
-//! Where the controller finds its pieces: the state root, `sandbox-vmm`, the guest kernel and
-//! root image (or initramfs), the image cache; each from an environment variable or a fixed
-//! default. Also the guest kernel command line that goes with them.
+//! The controller's settings as resolved by `crate::settings` (config file, `SANDBOX_*`
+//! variables, flags): state root, `sandbox-vmm`, guest files, VM size; and the guest kernel
+//! command line that goes with them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,9 +9,6 @@ use std::time::Duration;
 pub const DEFAULT_ROOT: &str = "/run/sandbox";
 /// Default cache of rootfs images, shared by all state roots.
 pub const DEFAULT_IMAGE_CACHE: &str = "/var/lib/sandbox/images";
-/// Default guest kernel and root image.
-pub const DEFAULT_KERNEL: &str = "/usr/share/sandbox/vmlinux";
-pub const DEFAULT_ROOTFS: &str = "/usr/share/sandbox/rootfs.erofs";
 /// The guest kernel command line (docs/CONVENTIONS.md); the VMM appends its device entries.
 pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd percpu_alloc=page noreplace-smp page_reporting.page_reporting_order=0 slub_max_order=0";
 /// What the command line gets for a root image: the first virtio-pmem device, erofs, with DAX.
@@ -50,18 +47,12 @@ pub fn guest_memory_mib(base: u32, spec: &serde_json::Value, pod: bool) -> u32 {
 /// Errors finding the pieces.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("guest {what} {path} is missing: set ${var} (e.g. target/guest/{file} after cargo xtask setup)")]
+    #[error("guest {what} {} is missing: `cargo xtask install` installs it (another file: {key} in the config file or ${var}, docs/config.md)", .path.display())]
     NoGuestFile {
         what: &'static str,
         path: PathBuf,
+        key: &'static str,
         var: &'static str,
-        file: &'static str,
-    },
-    #[error("${var}={value:?}: {reason}")]
-    BadVar {
-        var: &'static str,
-        value: String,
-        reason: String,
     },
 }
 
@@ -82,6 +73,8 @@ pub struct Config {
     pub memory_mib: u32,
     /// Limit for the guest to reach agent-ready.
     pub agent_timeout: Duration,
+    /// The VMM's log level (`SANDBOX_VMM_LOG`); None: its default.
+    pub vmm_log_level: Option<String>,
     /// Print the time of each start phase to stderr.
     pub debug: bool,
 }
@@ -131,91 +124,31 @@ impl GuestRoot {
 }
 
 impl Config {
-    /// Settings from the environment: `$SANDBOX_VMM` (else `sandbox-vmm` next to this
-    /// executable, else on $PATH), `$SANDBOX_KERNEL`, `$SANDBOX_ROOTFS` (or `$SANDBOX_INITRD`
-    /// to boot from an initramfs instead), `$SANDBOX_IMAGE_CACHE`, `$SANDBOX_VCPUS`,
-    /// `$SANDBOX_MEMORY_MIB`, `$SANDBOX_AGENT_TIMEOUT` (seconds).
-    pub fn from_env(root: Option<PathBuf>, debug: bool) -> Result<Config, Error> {
-        Ok(Config {
-            root: root.unwrap_or_else(|| DEFAULT_ROOT.into()),
-            vmm: find_vmm(),
-            kernel: env_path("SANDBOX_KERNEL", DEFAULT_KERNEL),
-            guest_root: match std::env::var_os("SANDBOX_INITRD").filter(|v| !v.is_empty()) {
-                Some(initrd) => GuestRoot::Initrd(initrd.into()),
-                None => GuestRoot::Image(env_path("SANDBOX_ROOTFS", DEFAULT_ROOTFS)),
-            },
-            image_cache: env_path("SANDBOX_IMAGE_CACHE", DEFAULT_IMAGE_CACHE),
-            vcpus: env_number("SANDBOX_VCPUS", DEFAULT_VCPUS)?,
-            memory_mib: env_number("SANDBOX_MEMORY_MIB", DEFAULT_MEMORY_MIB)?,
-            agent_timeout: Duration::from_secs(
-                env_number(
-                    "SANDBOX_AGENT_TIMEOUT",
-                    DEFAULT_AGENT_TIMEOUT.as_secs() as u32,
-                )?
-                .into(),
-            ),
-            debug,
-        })
-    }
-
     /// Checks that the guest files exist (only needed when a VM is started).
     pub fn check_guest(&self) -> Result<(), Error> {
         let root = match &self.guest_root {
-            GuestRoot::Image(_) => ("root image", "SANDBOX_ROOTFS", "rootfs.erofs"),
-            GuestRoot::Initrd(_) => ("initramfs", "SANDBOX_INITRD", "initramfs.cpio"),
+            GuestRoot::Image(_) => ("root image", "vm.root_image", "SANDBOX_ROOTFS"),
+            GuestRoot::Initrd(_) => ("initramfs", "vm.initrd", "SANDBOX_INITRD"),
         };
-        for (what, path, var, file) in [
-            ("kernel", &self.kernel, "SANDBOX_KERNEL", "vmlinux"),
+        for (what, path, key, var) in [
             (
-                root.0,
-                &self.guest_root.path().to_path_buf(),
-                root.1,
-                root.2,
+                "kernel",
+                self.kernel.as_path(),
+                "vm.kernel",
+                "SANDBOX_KERNEL",
             ),
+            (root.0, self.guest_root.path(), root.1, root.2),
         ] {
             if !path.is_file() {
                 return Err(Error::NoGuestFile {
                     what,
-                    path: path.clone(),
+                    path: path.to_path_buf(),
+                    key,
                     var,
-                    file,
                 });
             }
         }
         Ok(())
-    }
-}
-
-fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from(default), PathBuf::from)
-}
-
-fn env_number(var: &'static str, default: u32) -> Result<u32, Error> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => v
-            .parse()
-            .map_err(|e: std::num::ParseIntError| Error::BadVar {
-                var,
-                value: v.clone(),
-                reason: e.to_string(),
-            }),
-        _ => Ok(default),
-    }
-}
-
-/// `$SANDBOX_VMM`, else `sandbox-vmm` beside this executable, else `sandbox-vmm` on $PATH.
-fn find_vmm() -> PathBuf {
-    if let Some(p) = std::env::var_os("SANDBOX_VMM").filter(|v| !v.is_empty()) {
-        return p.into();
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let beside = exe.parent().unwrap_or(Path::new("/")).join("sandbox-vmm");
-    if beside.is_file() {
-        beside
-    } else {
-        PathBuf::from("sandbox-vmm")
     }
 }
 
@@ -224,7 +157,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn missing_guest_files_name_the_variable() {
+    fn a_missing_guest_file_names_its_path_and_the_install_command() {
         let cfg = Config {
             root: "/nonexistent".into(),
             vmm: "/bin/true".into(),
@@ -234,12 +167,13 @@ mod tests {
             vcpus: 1,
             memory_mib: 256,
             agent_timeout: DEFAULT_AGENT_TIMEOUT,
+            vmm_log_level: None,
             debug: false,
         };
-        let msg = cfg.check_guest().unwrap_err().to_string();
-        assert!(
-            msg.contains("SANDBOX_KERNEL") && msg.contains("/nonexistent/vmlinux"),
-            "{msg}"
+        assert_eq!(
+            cfg.check_guest().unwrap_err().to_string(),
+            "guest kernel /nonexistent/vmlinux is missing: `cargo xtask install` installs it \
+             (another file: vm.kernel in the config file or $SANDBOX_KERNEL, docs/config.md)"
         );
     }
 

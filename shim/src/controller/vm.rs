@@ -190,6 +190,9 @@ impl Vmm {
         if cfg.debug {
             cmd.arg("--debug");
         }
+        if let Some(level) = &cfg.vmm_log_level {
+            cmd.env("SANDBOX_VMM_LOG", level);
+        }
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             vmm: cfg.vmm.clone(),
             source,

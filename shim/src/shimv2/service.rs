@@ -368,6 +368,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 256,
             agent_timeout: std::time::Duration::from_secs(1),
+            vmm_log_level: None,
             debug: false,
         };
         let list = Arc::new(Mutex::new(Vec::new()));

@@ -46,14 +46,18 @@ pub fn crate_config() -> Config {
 impl Shim for ShimV2 {
     type T = Service;
 
+    /// The server and the `delete` action run in the task's bundle, where `start` recorded
+    /// the config file containerd's runtime options named.
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
-        let cfg = match config::controller_config(&args.namespace) {
-            Ok(c) => c,
+        let bundle = std::env::current_dir().unwrap_or_default();
+        let settings = match config::load(config::recorded_config_path(&bundle)) {
+            Ok(s) => s,
             Err(e) => {
                 eprintln!("containerd-shim-sandbox-v2: {e}");
                 std::process::exit(1);
             }
         };
+        let cfg = config::controller_config(&settings, &args.namespace);
         ShimV2 {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
@@ -95,10 +99,20 @@ impl Shim for ShimV2 {
 }
 
 /// Starts the shim server for the task in the current directory (its bundle), or finds the
-/// pod's running one; returns the ttrpc address and records it in `<bundle>/address`.
+/// pod's running one; returns the ttrpc address and records it in `<bundle>/address`. The
+/// settings are read first, so that a bad config file fails `start` with its error.
 pub async fn start_server(opts: StartOpts) -> containerd_shim::Result<String> {
     let bundle = std::env::current_dir()
         .map_err(|e| containerd_shim::Error::Other(format!("current directory: {e}")))?;
+    let invalid = |e: config::Error| containerd_shim::Error::InvalidArgument(e.to_string());
+    let mut config_path = None;
+    for options in &opts.extensions {
+        config_path = config_path.or(config::config_path_of(options).map_err(invalid)?);
+    }
+    config::load(config_path.clone()).map_err(invalid)?;
+    if let Some(path) = &config_path {
+        config::record_config_path(&bundle, path).map_err(invalid)?;
+    }
     let spec = pod::read_spec(&bundle)
         .map_err(|e| containerd_shim::Error::InvalidArgument(e.to_string()))?;
     let grouping = Role::from_spec(&spec).grouping(&opts.id);
@@ -111,10 +125,16 @@ pub async fn start_server(opts: StartOpts) -> containerd_shim::Result<String> {
     Ok(address)
 }
 
-/// The `start` options of containerd 1.x: flags, `$TTRPC_ADDRESS`; the runtime options on
-/// stdin are not used.
-pub fn legacy_start_opts(flags: &Flags) -> StartOpts {
+/// The `start` options of containerd 1.x: flags, `$TTRPC_ADDRESS` and the runtime options
+/// containerd wrote to stdin (`stdin`: a protobuf `Any`, or nothing).
+pub fn legacy_start_opts(flags: &Flags, stdin: &[u8]) -> StartOpts {
+    use containerd_shim::protos::protobuf::Message;
+    let options =
+        containerd_shim::protos::protobuf::well_known_types::any::Any::parse_from_bytes(stdin)
+            .ok()
+            .filter(|any| !any.type_url.is_empty());
     StartOpts {
+        extensions: options.into_iter().collect(),
         id: flags.id.clone(),
         publish_binary: flags.publish_binary.clone(),
         address: flags.address.clone(),
@@ -163,6 +183,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 256,
             agent_timeout: std::time::Duration::from_secs(1),
+            vmm_log_level: None,
             debug: false,
         }
     }

@@ -43,6 +43,10 @@ pub struct Containerd {
     program: PathBuf,
     /// Its whole environment on top of ours (PATH included).
     env: Vec<(String, String)>,
+    /// Whether our `SANDBOX_*` variables are kept from it (and so from its shims).
+    without_sandbox_vars: bool,
+    /// The config file it runs with.
+    config_file: PathBuf,
     child: Option<Child>,
 }
 
@@ -52,6 +56,8 @@ pub struct Builder {
     program: PathBuf,
     path_prefix: Vec<PathBuf>,
     env: Vec<(String, String)>,
+    without_sandbox_vars: bool,
+    config_file: Option<PathBuf>,
 }
 
 impl Builder {
@@ -64,7 +70,23 @@ impl Builder {
                 .unwrap_or_else(|| "/usr/bin/containerd".into()),
             path_prefix: Vec::new(),
             env: Vec::new(),
+            without_sandbox_vars: false,
+            config_file: None,
         }
+    }
+
+    /// Runs containerd with this config file, written by the caller (from the config's
+    /// `to_toml`, edited), instead of writing `config.toml` in its directory.
+    pub fn config_file(mut self, path: &Path) -> Builder {
+        self.config_file = Some(path.to_owned());
+        self
+    }
+
+    /// Keeps this process's `SANDBOX_*` variables from containerd and its shims, which then
+    /// run on their config file alone.
+    pub fn without_sandbox_vars(mut self) -> Builder {
+        self.without_sandbox_vars = true;
+        self
     }
 
     /// Puts `dir` first on containerd's PATH (where it looks for `containerd-shim-*-v2`).
@@ -93,11 +115,17 @@ impl Builder {
                 source,
             })?;
         }
-        let toml_path = config.dir.join("config.toml");
-        fs::write(&toml_path, config.to_toml()).map_err(|source| Error::Prepare {
-            path: toml_path.clone(),
-            source,
-        })?;
+        let toml_path = match self.config_file {
+            Some(path) => path,
+            None => {
+                let path = config.dir.join("config.toml");
+                fs::write(&path, config.to_toml()).map_err(|source| Error::Prepare {
+                    path: path.clone(),
+                    source,
+                })?;
+                path
+            }
+        };
         let mut path: Vec<PathBuf> = self.path_prefix.clone();
         path.extend(std::env::split_paths(
             &std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
@@ -113,6 +141,8 @@ impl Builder {
             config,
             program: self.program,
             env,
+            without_sandbox_vars: self.without_sandbox_vars,
+            config_file: toml_path,
             child: None,
         };
         daemon.spawn()?;
@@ -199,9 +229,17 @@ impl Containerd {
             .open(&log_path)
             .map_err(prepare)?;
         let log_err = log.try_clone().map_err(prepare)?;
-        let child = Command::new(&self.program)
+        let mut cmd = Command::new(&self.program);
+        if self.without_sandbox_vars {
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("SANDBOX_") {
+                    cmd.env_remove(key);
+                }
+            }
+        }
+        let child = cmd
             .arg("--config")
-            .arg(self.config.dir.join("config.toml"))
+            .arg(&self.config_file)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)

@@ -335,10 +335,16 @@ fn run_lab_script(
 }
 
 /// The lab tests' `SANDBOX_VMM`, `SANDBOX_BIN`, `SANDBOX_SHIM_BIN` (release builds),
-/// `SANDBOX_VMLINUX` and `SANDBOX_INITRAMFS`, as absolute paths, unless the caller set them.
+/// `SANDBOX_XTASK` (this program), `SANDBOX_VMLINUX` and `SANDBOX_INITRAMFS`, as absolute
+/// paths, unless the caller set them.
 fn test_inputs() -> Vec<(OsString, OsString)> {
     let guest = artifacts::guest_dir();
     let mut vars = inputs(LAB_BINARIES, "release");
+    if std::env::var_os(binaries::XTASK.var).is_none() {
+        if let Ok(exe) = std::env::current_exe() {
+            vars.push((binaries::XTASK.var.into(), exe.into_os_string()));
+        }
+    }
     vars.extend(
         [
             ("SANDBOX_VMLINUX", guest.join("vmlinux")),
