@@ -8,6 +8,7 @@ pub mod block;
 mod common;
 mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod pmem;
 pub mod vsock;
 
