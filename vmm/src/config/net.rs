@@ -235,3 +235,122 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     }
     Ok(mac)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cli, VmConfig};
+    use clap::Parser;
+
+    fn flags(args: &[&str]) -> Result<Vec<NetConfig>, String> {
+        nets(args.iter().map(|s| s.to_string()).collect(), Vec::new()).map_err(|e| e.to_string())
+    }
+
+    fn json(text: &str) -> Result<Vec<NetConfig>, String> {
+        let entries: Vec<FileNet> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        nets(Vec::new(), entries).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn flags_give_taps_by_name_or_descriptor_with_mac_and_mtu() {
+        let n = flags(&["tap=tap0,mac=02:AA:bb:cc:dd:ee,mtu=1400", "fd=2"]).unwrap();
+        assert_eq!(
+            n,
+            vec![
+                NetConfig {
+                    tap: TapSource::Name("tap0".into()),
+                    mac: Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]),
+                    mtu: Some(1400),
+                },
+                NetConfig {
+                    tap: TapSource::Fd(2),
+                    mac: None,
+                    mtu: None,
+                },
+            ]
+        );
+        assert_eq!(n[0].tap.to_string(), "tap=tap0");
+        assert_eq!(n[1].tap.to_string(), "fd=2");
+    }
+
+    #[test]
+    fn bad_flags_name_the_key_at_fault() {
+        let cases = [
+            ("mac=02:00:00:00:00:01", "--net: missing the tap; expected tap=NAME or fd=N, then optionally mac=MAC and mtu=N"),
+            ("tap=t0,fd=2", "--net: give tap= or fd=, not both"),
+            ("tap=t0,speed=10", "--net: unknown key \"speed\"; expected tap=NAME or fd=N, then optionally mac=MAC and mtu=N"),
+            ("tap=t0,mac", "--net: \"mac\" is not KEY=VALUE; expected tap=NAME or fd=N, then optionally mac=MAC and mtu=N"),
+            ("tap=t0,mac=02:00:00:00:00", "--net mac: \"02:00:00:00:00\": not a MAC address (six hex bytes such as 02:00:00:00:00:01)"),
+            ("tap=t0,mac=02:00:00:00:00:0g", "--net mac: \"02:00:00:00:00:0g\": not a MAC address (six hex bytes such as 02:00:00:00:00:01)"),
+            ("tap=t0,mac=01:00:5e:00:00:01", "--net mac: \"01:00:5e:00:00:01\": a multicast address cannot be a NIC's address"),
+            ("tap=t0,mac=00:00:00:00:00:00", "--net mac: \"00:00:00:00:00:00\": the all-zero address cannot be a NIC's address"),
+            ("tap=t0,mtu=20", "--net mtu: must be between 68 and 65535, got 20"),
+            ("tap=t0,mtu=big", "--net: mtu=big: not a number"),
+            ("tap=", "--net tap: \"\": empty interface name"),
+            ("tap=a-very-long-name0", "--net tap: \"a-very-long-name0\": interface names have at most 15 bytes"),
+            ("tap=a/b", "--net tap: \"a/b\": not a valid interface name"),
+            ("tap=t0,tap=t1", "--net: tap= is given twice"),
+            ("fd=x", "--net: fd=x: not a number"),
+            ("fd=-1", "--net fd: -1: not a file descriptor number"),
+        ];
+        for (arg, want) in cases {
+            assert_eq!(flags(&[arg]).unwrap_err(), want, "for {arg}");
+        }
+        let e = flags(&["fd=987654"]).unwrap_err();
+        assert!(
+            e.starts_with("--net fd: 987654: not an open file descriptor"),
+            "{e}"
+        );
+        assert_eq!(
+            flags(&["tap=t0", "tap=t0,mac=02:00:00:00:00:01"]).unwrap_err(),
+            "--net: tap=t0 is given twice (also by entry 0)"
+        );
+    }
+
+    #[test]
+    fn json_entries_name_the_entry_and_field() {
+        let n = json(r#"[{"tap": "tap0", "mac": "02:00:00:00:00:07"}, {"fd": 1, "mtu": 9000}]"#)
+            .unwrap();
+        assert_eq!(n[0].mac, Some([2, 0, 0, 0, 0, 7]));
+        assert_eq!((&n[1].tap, n[1].mtu), (&TapSource::Fd(1), Some(9000)));
+        assert_eq!(
+            json(r#"[{"tap": "t0"}, {"tap": "t1", "mac": "zz"}]"#).unwrap_err(),
+            "net[1].mac (in --config): \"zz\": not a MAC address (six hex bytes such as 02:00:00:00:00:01)"
+        );
+        assert_eq!(
+            json(r#"[{"mac": "02:00:00:00:00:01"}]"#).unwrap_err(),
+            "net[0] (in --config): missing the tap; expected tap=NAME or fd=N, then optionally mac=MAC and mtu=N"
+        );
+        assert_eq!(
+            json(r#"[{"fd": 1}, {"fd": 1}]"#).unwrap_err(),
+            "net[1] (in --config): fd=1 is given twice (also by entry 0)"
+        );
+        let e = json(r#"[{"tap": "t0", "speed": 10}]"#).unwrap_err();
+        assert!(e.starts_with("unknown field `speed`"), "{e}");
+    }
+
+    #[test]
+    fn the_flags_replace_the_file_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"x").unwrap();
+        let config = dir.path().join("vm.json");
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"kernel": "{}", "net": [{{"tap": "from-file"}}]}}"#,
+                kernel.display()
+            ),
+        )
+        .unwrap();
+        let from = |extra: &[&str]| {
+            let args = ["sandbox-vmm", "--config", config.to_str().unwrap()];
+            let cli = Cli::try_parse_from(args.iter().chain(extra)).unwrap();
+            VmConfig::from_cli(cli).unwrap().nets
+        };
+        assert_eq!(from(&[])[0].tap, TapSource::Name("from-file".into()));
+        let n = from(&["--net", "tap=a", "--net", "tap=b"]);
+        let taps: Vec<String> = n.iter().map(|n| n.tap.to_string()).collect();
+        assert_eq!(taps, ["tap=a", "tap=b"]);
+    }
+}
