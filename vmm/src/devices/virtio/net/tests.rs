@@ -176,7 +176,7 @@ impl<'a> Fixture<'a> {
     }
 
     /// The guest queues a frame made of `(addr, len, flags)` descriptors, linked in order.
-    fn guest_send(&mut self, descs: &[(u64, u32, u16)]) {
+    fn guest_send(&mut self, descs: &[Buf]) {
         let head = self.tx_desc;
         let raw = link(head, descs.iter().copied());
         self.txq.add_desc_chains(&raw, head).unwrap();
@@ -206,8 +206,11 @@ impl<'a> Fixture<'a> {
     }
 }
 
+/// A descriptor as the tests write it: address, length, flags.
+type Buf = (u64, u32, u16);
+
 /// Raw descriptors for one chain starting at index `head`: each but the last gets NEXT.
-fn link(head: u16, descs: impl ExactSizeIterator<Item = (u64, u32, u16)>) -> Vec<RawDescriptor> {
+fn link(head: u16, descs: impl ExactSizeIterator<Item = Buf>) -> Vec<RawDescriptor> {
     let count = descs.len();
     descs
         .enumerate()
@@ -516,7 +519,7 @@ fn a_frame_is_gathered_from_several_descriptors() {
 fn hostile_transmit_chains_are_returned_and_nothing_reaches_the_tap() {
     let mem = guest_memory();
     let mut f = Fixture::new(&mem, 0);
-    let hostile: Vec<(&str, Vec<(u64, u32, u16)>)> = vec![
+    let hostile: Vec<(&str, Vec<Buf>)> = vec![
         ("short header", vec![(TX_BUFS, 8, 0)]),
         ("zero length", vec![(TX_BUFS, 0, 0)]),
         (
