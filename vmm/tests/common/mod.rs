@@ -2,6 +2,8 @@
 //! ELF wrapper with a PVH note, so the real binary boots it like a vmlinux.
 #![allow(dead_code)]
 
+pub mod linux;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
