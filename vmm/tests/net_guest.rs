@@ -143,16 +143,20 @@ fn collect(
     })
 }
 
-/// The packets a tap counted one way and the bytes they carried.
-fn tap_counters(tap: &str, dir: &str) -> (u64, u64) {
-    let read = |what: &str| -> u64 {
-        std::fs::read_to_string(format!("/sys/class/net/{tap}/statistics/{dir}_{what}"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    (read("packets"), read("bytes"))
+/// The packets and bytes tap `tap` counted, (received, sent), as the test's thread sees its
+/// network namespace (/sys/class/net shows the namespace that mounted sysfs).
+fn tap_counters(tap: &str) -> [(u64, u64); 2] {
+    let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+    let line = dev
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(&format!("{tap}:")))
+        .unwrap_or_else(|| panic!("no {tap} in /proc/net/dev:\n{dev}"));
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // rx bytes, packets, 6 more; tx bytes, packets, ...
+    [(n[1], n[0]), (n[9], n[8])]
 }
 
 #[test]
@@ -256,8 +260,8 @@ fn frames_move_both_ways_between_the_guest_and_two_taps() {
 
     // Segmentation offloads at work both ways: the tap moved far fewer, larger frames than
     // 1500-byte packets would have been (it counts a GSO frame once).
-    for dir in ["tx", "rx"] {
-        let (packets, bytes) = tap_counters(&named, dir);
+    let [received, sent] = tap_counters(&named);
+    for (dir, (packets, bytes)) in [("from the guest", received), ("to the guest", sent)] {
         eprintln!("tap {named} {dir}: {packets} packets, {bytes} bytes");
         assert!(
             bytes >= TRANSFER as u64 && bytes / packets > 3000,
