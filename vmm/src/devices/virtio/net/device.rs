@@ -15,7 +15,7 @@ use virtio_queue::{Queue, QueueT};
 
 use super::backend::NetBackend;
 use super::rx::{Rx, RxRound};
-use super::{tx, QUEUE_SIZE, RXQ, TXQ};
+use super::{tx, RXQ, RX_QUEUE_SIZE, TXQ, TX_QUEUE_SIZE};
 use crate::devices::virtio::{
     ActivateError, GuestMemoryMmap, IrqTrigger, QueueError, VirtioCommon, VirtioDevice,
 };
@@ -92,8 +92,13 @@ impl Net {
             label,
             rx: Rx::default(),
             stats: NetStats::default(),
-            common: VirtioCommon::new(VIRTIO_ID_NET, features, &[QUEUE_SIZE; 2], config)
-                .map_err(NetError::EventFd)?,
+            common: VirtioCommon::new(
+                VIRTIO_ID_NET,
+                features,
+                &[RX_QUEUE_SIZE, TX_QUEUE_SIZE],
+                config,
+            )
+            .map_err(NetError::EventFd)?,
         })
     }
 

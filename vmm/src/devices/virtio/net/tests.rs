@@ -272,7 +272,7 @@ fn config_space_has_the_mac_and_the_mtu_with_their_features() {
     ] {
         assert_ne!(f & (1 << bit), 0, "feature {bit} not offered");
     }
-    assert_eq!(net.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
+    assert_eq!(net.queue_max_sizes(), &[RX_QUEUE_SIZE, TX_QUEUE_SIZE]);
 
     let (_, dev) = UnixDatagram::pair().unwrap();
     let plain = Net::new(backend(dev), "fd=4".into(), None, None).unwrap();
