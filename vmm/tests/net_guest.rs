@@ -4,19 +4,18 @@
 //! Needs real KVM: `cargo xtask test` runs it in the lab.
 mod common;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use common::linux::{busybox_initramfs, vmm_with_initrd, wait_for};
+use common::tap::{inherit_fd, open_tap, TUN, VNET_TAP};
 
-const TUN: &str = "/dev/net/tun";
 /// Bytes sent to the guest and back.
 const TRANSFER: usize = 10 << 20;
 
@@ -59,26 +58,6 @@ impl Drop for TestNetns {
             .args(["netns", "del", &self.name])
             .status();
     }
-}
-
-/// Opens (creating) tap `name` with a virtio-net header, as a controller would to pass it on.
-fn open_vnet_tap(name: &str) -> File {
-    let file = OpenOptions::new().read(true).write(true).open(TUN).unwrap();
-    // SAFETY: an all-zero ifreq is a valid value (a C struct of integers and arrays).
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *dst = *src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
-    // SAFETY: TUNSETIFF reads and updates the `ifreq` we own.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-    assert_eq!(
-        rc,
-        0,
-        "TUNSETIFF {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    file
 }
 
 /// Deterministic bytes that no offload or buffer bug leaves intact.
@@ -176,7 +155,7 @@ fn frames_move_both_ways_between_the_guest_and_two_taps() {
     sh(&["ip", "tuntap", "add", "dev", &named, "mode", "tap"]);
     sh(&["ip", "addr", "add", "10.0.2.1/24", "dev", &named]);
     sh(&["ip", "link", "set", &named, "up"]);
-    let passed = open_vnet_tap(&passed_name);
+    let passed = open_tap(&passed_name, VNET_TAP);
     sh(&["ip", "addr", "add", "10.0.3.1/24", "dev", &passed_name]);
     sh(&["ip", "link", "set", &passed_name, "up"]);
 
@@ -212,16 +191,7 @@ fn frames_move_both_ways_between_the_guest_and_two_taps() {
         &format!("fd={fd},mac=02:00:00:00:00:02,mtu=1400"),
     ])
     .stderr(Stdio::piped());
-    // SAFETY: runs in the child between fork and exec, and only calls fcntl (async-signal-safe)
-    // to let the child inherit the tap descriptor under its number.
-    unsafe {
-        vmm.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    inherit_fd(&mut vmm, fd);
     let mut child = vmm.spawn().unwrap();
 
     wait_for(&mut child, &serial, "NET-UP");

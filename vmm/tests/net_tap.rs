@@ -3,16 +3,14 @@
 //! inherited tap descriptor is taken over, and bad taps are one error naming them.
 mod common;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::tap::{inherit_fd, open_tap, TUN, VNET_TAP};
 use common::GuestDir;
-
-const TUN: &str = "/dev/net/tun";
 
 /// Why this host cannot make taps, if it cannot.
 fn taps_unusable() -> Option<String> {
@@ -31,41 +29,12 @@ fn ifname(tag: &str) -> String {
     format!("sbx{tag}{}", std::process::id() % 100_000)
 }
 
-/// Opens tap `name` (creating it) with `flags`, as a controller would before passing it on.
-fn open_tap(name: &str, flags: libc::c_int) -> File {
-    let file = OpenOptions::new().read(true).write(true).open(TUN).unwrap();
-    // SAFETY: an all-zero ifreq is a valid value (a C struct of integers and arrays).
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *dst = *src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags = flags as libc::c_short;
-    // SAFETY: TUNSETIFF reads and updates the `ifreq` we own.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-    assert_eq!(
-        rc,
-        0,
-        "TUNSETIFF {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    file
-}
-
 /// The VMM on the bare guest's `scenario` with `args`, `fd` inherited under its own number.
 fn vmm(g: &GuestDir, scenario: &str, args: &[&str], fd: Option<RawFd>) -> Command {
     let mut cmd = common::vmm_command(&g.kernel(), scenario, &g.path("serial.log"));
     cmd.args(args).stderr(Stdio::piped());
     if let Some(fd) = fd {
-        // SAFETY: the closure runs in the child between fork and exec and only calls fcntl,
-        // which is async-signal-safe, on a descriptor the child inherited.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        inherit_fd(&mut cmd, fd);
     }
     cmd
 }
@@ -82,8 +51,6 @@ fn wait_until_gone(path: &Path, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
-
-const VNET_TAP: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
 
 #[test]
 fn a_tap_by_name_lives_as_long_as_the_vmm_and_an_inherited_tap_is_taken_over() {
@@ -162,32 +129,34 @@ fn a_descriptor_that_is_not_a_vnet_tap_is_refused() {
     // A regular file.
     let file = File::open(g.kernel()).unwrap();
     let fd = file.as_raw_fd();
-    let out = vmm(&g, "hello", &["--net", &format!("fd={fd}")], Some(fd))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        format!(
-            "sandbox-vmm: --net fd={fd}: descriptor {fd} is not a tap: Inappropriate ioctl for \
-             device (os error 25)\n"
-        )
+        refused(&g, fd),
+        format!("descriptor {fd} is not a tap: Inappropriate ioctl for device (os error 25)")
     );
     // A tap without the virtio-net header.
     let name = ifname("vp");
     let plain = open_tap(&name, libc::IFF_TAP | libc::IFF_NO_PI);
     let fd = plain.as_raw_fd();
-    let out = vmm(&g, "hello", &["--net", &format!("fd={fd}")], Some(fd))
+    assert_eq!(
+        refused(&g, fd),
+        format!(
+            "descriptor {fd} is tap {name} opened without IFF_VNET_HDR; open it with \
+             IFF_TAP | IFF_NO_PI | IFF_VNET_HDR"
+        )
+    );
+}
+
+/// Runs the VMM with `--net fd=FD`, expects the set-up failure (status 1) and returns its
+/// reason, after the flag.
+fn refused(g: &GuestDir, fd: RawFd) -> String {
+    let out = vmm(g, "hello", &["--net", &format!("fd={fd}")], Some(fd))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        format!(
-            "sandbox-vmm: --net fd={fd}: descriptor {fd} is tap {name} opened without \
-             IFF_VNET_HDR; open it with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR\n"
-        )
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let prefix = format!("sandbox-vmm: --net fd={fd}: ");
+    assert!(err.starts_with(&prefix) && err.ends_with('\n'), "{err}");
+    err[prefix.len()..err.len() - 1].to_string()
 }
 
 #[test]

@@ -26,7 +26,7 @@ pub use tx::TxError;
 
 /// Entries of the receive queue. The guest fills it whenever the interface is up, with
 /// buffers of 1.5 KiB at first (mergeable buffers; up to 4 KiB once it sees large frames):
-/// 128 entries cost the guest about 280 KiB, 256 would cost 450 KiB, more than the 0.5 MiB a
+/// 128 entries cost the guest about 256 KiB, 256 would cost 448 KiB, nearly all the 0.5 MiB a
 /// NIC may add to a sandbox with the VMM's part. A 64 KiB frame needs 43 of them.
 pub const RX_QUEUE_SIZE: u16 = 128;
 /// Entries of the transmit queue: they cost the guest no buffers (it sends from its own

@@ -23,7 +23,7 @@ use vm_memory::{Bytes, GuestAddress, VolatileSlice};
 
 use super::backend::{read_frame_from, write_frame_to};
 use super::*;
-use crate::devices::virtio::test_utils::{guest_memory, NEXT, WRITE as W};
+use crate::devices::virtio::test_utils::{guest_memory, xorshift, NEXT, WRITE as W};
 use crate::devices::virtio::{GuestMemoryMmap, IrqTrigger, IrqType, VirtioDevice};
 
 const MRG: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
@@ -629,13 +629,7 @@ fn the_event_loop_moves_frames_both_ways_and_idles_while_waiting_for_buffers() {
 #[test]
 fn random_descriptor_tables_never_panic() {
     let mem = guest_memory();
-    let mut seed: u64 = 0x5eed_0000_0e7e_0001;
-    let mut next = move || {
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    };
+    let mut next = xorshift(0x5eed_0000_0e7e_0001);
     let mut delivered = 0;
     for round in 0..300 {
         let f = Fixture::new(&mem, if round % 2 == 0 { MRG } else { 0 });
