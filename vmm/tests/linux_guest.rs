@@ -3,39 +3,17 @@
 //! These need real KVM: `cargo xtask test` runs them in the lab.
 mod common;
 
+use common::linux::{busybox_initramfs, guest_file, vmm_with_initrd, wait_for};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 const READY: &str = "SANDBOX-AGENT-READY";
-/// The longest a guest may take to reach a console marker: Linux boots in seconds, but the
-/// lab emulates the CPU that runs it.
-const MARKER_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn guest_file(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/guest")
-        .join(name)
-}
-
 /// The VMM booting our kernel and initramfs with 256 MiB, its console in `serial`.
 fn vmm(cmdline: &str, serial: &Path) -> Command {
     vmm_with_initrd(&guest_file("initramfs.cpio"), cmdline, 256, serial)
-}
-
-/// The VMM booting our kernel with `initrd` and `memory_mib` MiB, its console in `serial`.
-fn vmm_with_initrd(initrd: &Path, cmdline: &str, memory_mib: u32, serial: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sandbox-vmm"));
-    c.arg("--kernel")
-        .arg(guest_file("vmlinux"))
-        .arg("--initrd")
-        .arg(initrd)
-        .args(["--cmdline", cmdline, "--memory", &memory_mib.to_string()])
-        .arg("--serial")
-        .arg(serial);
-    c
 }
 
 /// Waits until the console shows the agent's readiness line.
@@ -147,59 +125,6 @@ fn host_reaches_the_agent_over_vsock_and_api_flush_and_exit_stops_the_vm() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!api.exists());
-}
-
-/// One entry of a test initramfs.
-enum Node<'a> {
-    Dir,
-    File(&'a [u8]),
-    Symlink(&'a str),
-    CharDev(u32, u32),
-}
-
-/// Writes a newc initramfs of `entries` to `path`.
-fn write_initramfs(path: &Path, entries: &[(String, Node<'_>)]) {
-    let mut out = std::fs::File::create(path).unwrap();
-    for (i, (name, node)) in entries.iter().enumerate() {
-        let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match node {
-            Node::Dir => (0o040755, &[], (0, 0)),
-            Node::File(data) => (0o100755, data, (0, 0)),
-            Node::Symlink(target) => (0o120777, target.as_bytes(), (0, 0)),
-            Node::CharDev(major, minor) => (0o020600, &[], (*major, *minor)),
-        };
-        let mut w = cpio::newc::Builder::new(name)
-            .ino(i as u32 + 1)
-            .mode(mode)
-            .nlink(1)
-            .rdev_major(rdev.0)
-            .rdev_minor(rdev.1)
-            .write(out, data.len() as u32);
-        w.write_all(data).unwrap();
-        out = w.finish().unwrap();
-    }
-    cpio::newc::trailer(out).unwrap();
-}
-
-/// Writes `dir`/initramfs.cpio for a busybox-only guest: /bin, /dev and the `dirs`,
-/// /dev/console, /bin/busybox (the host's static one) linked as each of `applets`, and `init`
-/// as /init. Returns its path.
-fn busybox_initramfs(dir: &Path, dirs: &[&str], init: &str, applets: &[&str]) -> PathBuf {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static at /bin/busybox");
-    let mut entries: Vec<(String, Node<'_>)> = ["bin", "dev"]
-        .iter()
-        .chain(dirs)
-        .map(|d| (d.to_string(), Node::Dir))
-        .collect();
-    // The kernel opens it for /init's stdio before anything is mounted.
-    entries.push(("dev/console".into(), Node::CharDev(5, 1)));
-    entries.push(("bin/busybox".into(), Node::File(&busybox)));
-    entries.push(("init".into(), Node::File(init.as_bytes())));
-    for applet in applets {
-        entries.push((format!("bin/{applet}"), Node::Symlink("busybox")));
-    }
-    let path = dir.join("initramfs.cpio");
-    write_initramfs(&path, &entries);
-    path
 }
 
 /// Boots a busybox guest (128 MiB) with the device flags `devices` until it reboots, checks
@@ -490,22 +415,6 @@ fn guest_rss_kib(pid: u32, files: &[&Path]) -> u64 {
         }
     }
     total
-}
-
-/// Waits for `marker` on the console; panics with the console if the VMM exits first or
-/// the marker is not there within `MARKER_TIMEOUT`.
-fn wait_for(child: &mut Child, serial: &Path, marker: &str) {
-    common::wait_until(
-        child,
-        serial,
-        &format!("{marker} on the console"),
-        MARKER_TIMEOUT,
-        || {
-            std::fs::read_to_string(serial)
-                .unwrap_or_default()
-                .contains(marker)
-        },
-    );
 }
 
 #[test]

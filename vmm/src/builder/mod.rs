@@ -26,6 +26,7 @@ use crate::device_manager::mmio::MmioError;
 use crate::devices::legacy::SerialInput;
 use crate::devices::virtio::balloon::BalloonError;
 use crate::devices::virtio::block::BlockError;
+use crate::devices::virtio::net::NetError;
 use crate::devices::virtio::pmem::{BackingError, PmemError};
 use crate::devices::virtio::vsock::VsockError;
 use crate::devices::Bus;
@@ -90,6 +91,8 @@ pub enum BuildError {
     PmemSlot { path: PathBuf, source: VmError },
     #[error("--vsock {}: {source}", path.display())]
     Vsock { path: PathBuf, source: VsockError },
+    #[error("--net {tap}: {source}")]
+    Net { tap: String, source: NetError },
     #[error("--balloon: {0}")]
     Balloon(BalloonError),
     #[error("--balloon: {0}")]

@@ -9,6 +9,7 @@ use crate::config::VmConfig;
 use crate::device_manager::mmio::{MmioDeviceManager, MmioError};
 use crate::devices::virtio::balloon::{self, Balloon};
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::pmem::{Pmem, PmemBacking};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::Bus;
@@ -57,7 +58,7 @@ impl VirtioDevices {
 const PMEM_FIRST_SLOT: u32 = 8;
 
 /// Step 4: virtio-mmio devices from the configuration: block devices in order, then pmem
-/// devices in order, then vsock, then the balloon.
+/// devices in order, then vsock, then the NICs in order, then the balloon.
 pub fn attach_virtio_devices(
     config: &VmConfig,
     vm: &Vm,
@@ -104,6 +105,12 @@ pub fn attach_virtio_devices(
         bus.place(Arc::new(Mutex::new(vsock)))
             .map_err(placement("--vsock", &v.uds_path))?;
     }
+    for n in &config.nets {
+        let net = open_net(n)?;
+        let label = std::path::PathBuf::from(net.label());
+        bus.place(Arc::new(Mutex::new(net)))
+            .map_err(placement("--net", &label))?;
+    }
     if config.balloon {
         // Released pages would come back as parts of huge pages otherwise.
         if let Err(e) = balloon::disable_huge_pages(mem) {
@@ -149,6 +156,20 @@ impl VirtioBus<'_> {
             )
             .map(|_| ())
     }
+}
+
+/// The virtio-net device of `n`, on its tap.
+fn open_net(n: &crate::config::NetConfig) -> Result<Net, BuildError> {
+    use crate::config::TapSource;
+    use crate::devices::virtio::net::{NetError, Tap};
+    let label = n.tap.to_string();
+    let tap = match &n.tap {
+        TapSource::Name(name) => Tap::open_named(name),
+        TapSource::Fd(fd) => Tap::from_fd(*fd),
+    };
+    tap.map_err(NetError::from)
+        .and_then(|tap| Net::new(Box::new(tap), label.clone(), n.mac, n.mtu))
+        .map_err(|source| BuildError::Net { tap: label, source })
 }
 
 /// Maps pmem file `index` at the next 128 MiB boundary from `next_start` (which it moves past

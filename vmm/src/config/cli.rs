@@ -41,6 +41,11 @@ pub struct Cli {
     /// A virtio-vsock device: `CID,UDS_PATH`.
     #[arg(long, value_name = "CID,PATH")]
     pub vsock: Option<String>,
+    /// A virtio-net device on a tap: `tap=NAME` (opened, or created, through /dev/net/tun) or
+    /// `fd=N` (a tap the caller opened and left open), then `,mac=MAC` and `,mtu=N`
+    /// (repeatable: one NIC each, eth0 first).
+    #[arg(long, value_name = "tap=NAME|fd=N[,mac=MAC][,mtu=N]")]
+    pub net: Vec<String>,
     /// Unix socket of the control API (docs/vmm-api.md).
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,

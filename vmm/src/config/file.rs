@@ -22,6 +22,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub pmem: Vec<FileBlock>,
     pub vsock: Option<FileVsock>,
+    #[serde(default)]
+    pub net: Vec<super::FileNet>,
     pub api_sock: Option<PathBuf>,
     #[serde(default)]
     pub balloon: bool,

@@ -3,6 +3,7 @@
 
 mod cli;
 mod file;
+mod net;
 mod parse;
 #[cfg(test)]
 mod tests;
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 
 pub use cli::Cli;
 pub use file::{FileBlock, FileConfig, FileVsock};
+pub use net::{parse_mac, FileNet, NetConfig, TapSource};
 use parse::{
     check_file, check_memory, check_vcpus, check_vsock, disks, invalid, parse_serial, parse_u64,
     parse_vsock, pick, Origin,
@@ -80,6 +82,8 @@ pub struct VmConfig {
     pub blocks: Vec<BlockConfig>,
     pub pmems: Vec<PmemConfig>,
     pub vsock: Option<VsockConfig>,
+    /// virtio-net devices, in order (eth0, eth1, ... in the guest).
+    pub nets: Vec<NetConfig>,
     pub api_sock: Option<PathBuf>,
     /// A virtio-balloon device with free page reporting.
     pub balloon: bool,
@@ -152,6 +156,8 @@ impl VmConfig {
             (None, None) => None,
         };
 
+        let nets = net::nets(cli.net, file.net)?;
+
         let api_sock = match pick(cli.api_sock, file.api_sock, ("api-sock", "api_sock")) {
             Some((path, origin)) => {
                 if path.as_os_str().is_empty() {
@@ -178,6 +184,7 @@ impl VmConfig {
             blocks,
             pmems,
             vsock,
+            nets,
             api_sock,
             balloon: cli.balloon || file.balloon,
             debug: cli.debug || file.debug,

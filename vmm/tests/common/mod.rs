@@ -2,6 +2,9 @@
 //! ELF wrapper with a PVH note, so the real binary boots it like a vmlinux.
 #![allow(dead_code)]
 
+pub mod linux;
+pub mod tap;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};

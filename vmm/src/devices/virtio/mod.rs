@@ -8,6 +8,7 @@ pub mod block;
 mod common;
 mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod pmem;
 pub mod vsock;
 
@@ -106,6 +107,17 @@ pub(crate) mod test_utils {
     /// Descriptor flags, as `Descriptor::new` takes them.
     pub const NEXT: u16 = VRING_DESC_F_NEXT as u16;
     pub const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+
+    /// A deterministic pseudo-random sequence (xorshift64*) from `seed`, for the tests that
+    /// throw random descriptor tables at a device.
+    pub fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
 
     /// 16 MiB of guest memory at address 0.
     pub fn guest_memory() -> GuestMemoryMmap {

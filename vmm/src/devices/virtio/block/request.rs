@@ -465,14 +465,7 @@ mod tests {
     #[test]
     fn random_descriptor_tables_never_panic() {
         let mem = guest_memory();
-        let mut seed: u64 = 0x5eed_1234_abcd_0001;
-        let mut next = move || {
-            // xorshift64*
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        };
+        let mut next = crate::devices::virtio::test_utils::xorshift(0x5eed_1234_abcd_0001);
         let mut accepted = 0;
         for _ in 0..3000 {
             let q = MockSplitQueue::new(&mem, 16);
@@ -493,12 +486,12 @@ mod tests {
                     _ => (r >> 32) as u32,
                 };
                 let mut flags = (r >> 40) as u16 & (W | NEXT);
-                let next_idx = if (r >> 48) % 4 == 0 {
+                let next_idx = if (r >> 48).is_multiple_of(4) {
                     (r >> 50) as u16 % 20
                 } else {
                     i as u16 + 1
                 };
-                if i + 1 == count && (r >> 56) % 2 == 0 {
+                if i + 1 == count && (r >> 56).is_multiple_of(2) {
                     flags &= !NEXT;
                 }
                 descs.push(RawDescriptor::from(Descriptor::new(

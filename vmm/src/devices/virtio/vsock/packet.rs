@@ -313,13 +313,7 @@ mod tests {
     #[test]
     fn random_tx_chains_never_panic() {
         let mem = guest_memory();
-        let mut seed: u64 = 0x00dd_c0ff_ee15_600d;
-        let mut next = move || {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        };
+        let mut next = crate::devices::virtio::test_utils::xorshift(0x00dd_c0ff_ee15_600d);
         let mut parsed = 0;
         for _ in 0..3000 {
             let q = MockSplitQueue::new(&mem, 16);
@@ -347,7 +341,7 @@ mod tests {
                     _ => (r >> 32) as u32,
                 };
                 let flags = (r >> 40) as u16 & 3;
-                let next_idx = if (r >> 48) % 5 == 0 {
+                let next_idx = if (r >> 48).is_multiple_of(5) {
                     (r >> 50) as u16 % 20
                 } else {
                     i as u16 + 1
