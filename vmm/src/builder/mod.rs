@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestMemory, GuestMemoryRegion};
 
 use crate::arch::kernel::KernelError;
 use crate::arch::mptable::MptableError;

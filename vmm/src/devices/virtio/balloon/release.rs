@@ -5,7 +5,7 @@
 //! page again: either is fine for pages the guest declared free.
 
 use vm_memory::{
-    Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
+    Address, GuestAddress, GuestMemory, GuestMemoryRegion, MemoryRegionAddress,
 };
 
 use crate::arch::layout::PAGE_SIZE;
