@@ -6,6 +6,7 @@
 pub mod balloon;
 pub mod block;
 mod common;
+pub mod fs;
 mod interrupt;
 pub mod mmio;
 pub mod pmem;

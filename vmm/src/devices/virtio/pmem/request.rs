@@ -64,9 +64,7 @@ impl FlushRequest {
         if !resp.is_write_only() {
             return reject(RequestError::ResponseNotWritable(resp.addr().0), None);
         }
-        if resp.len() < FIELD_LEN
-            || !mem.check_range(resp.addr(), FIELD_LEN as usize)
-        {
+        if resp.len() < FIELD_LEN || !mem.check_range(resp.addr(), FIELD_LEN as usize) {
             return reject(
                 RequestError::BadResponse {
                     addr: resp.addr().0,
