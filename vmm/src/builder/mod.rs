@@ -26,6 +26,7 @@ use crate::device_manager::mmio::MmioError;
 use crate::devices::legacy::SerialInput;
 use crate::devices::virtio::balloon::BalloonError;
 use crate::devices::virtio::block::BlockError;
+use crate::devices::virtio::fs::FsError;
 use crate::devices::virtio::pmem::{BackingError, PmemError};
 use crate::devices::virtio::vsock::VsockError;
 use crate::devices::Bus;
@@ -88,6 +89,8 @@ pub enum BuildError {
     Pmem { path: PathBuf, source: PmemError },
     #[error("--pmem {}: {source}", path.display())]
     PmemSlot { path: PathBuf, source: VmError },
+    #[error("--fs {}: {source}", path.display())]
+    Fs { path: PathBuf, source: FsError },
     #[error("--vsock {}: {source}", path.display())]
     Vsock { path: PathBuf, source: VsockError },
     #[error("--balloon: {0}")]

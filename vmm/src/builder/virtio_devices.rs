@@ -9,6 +9,7 @@ use crate::config::VmConfig;
 use crate::device_manager::mmio::{MmioDeviceManager, MmioError};
 use crate::devices::virtio::balloon::{self, Balloon};
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::{Fs, Share};
 use crate::devices::virtio::pmem::{Pmem, PmemBacking};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::Bus;
@@ -57,7 +58,7 @@ impl VirtioDevices {
 const PMEM_FIRST_SLOT: u32 = 8;
 
 /// Step 4: virtio-mmio devices from the configuration: block devices in order, then pmem
-/// devices in order, then vsock, then the balloon.
+/// devices in order, then vsock, then the balloon, then virtio-fs shares in order.
 pub fn attach_virtio_devices(
     config: &VmConfig,
     vm: &Vm,
@@ -112,6 +113,16 @@ pub fn attach_virtio_devices(
         let balloon = Balloon::new().map_err(BuildError::Balloon)?;
         bus.place(Arc::new(Mutex::new(balloon)))
             .map_err(BuildError::BalloonPlacement)?;
+    }
+    for f in &config.fs {
+        let fs_err = |source| BuildError::Fs {
+            path: f.path.clone(),
+            source,
+        };
+        let share = Share::open(&f.path, f.read_only).map_err(|e| fs_err(e.into()))?;
+        let fs = Fs::new(&f.tag, share).map_err(|e| fs_err(e.into()))?;
+        bus.place(Arc::new(Mutex::new(fs)))
+            .map_err(placement("--fs", &f.path))?;
     }
     let manager = bus.manager;
     Ok(VirtioDevices {

@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub block: Vec<FileBlock>,
     #[serde(default)]
     pub pmem: Vec<FileBlock>,
+    #[serde(default)]
+    pub fs: Vec<super::FileFs>,
     pub vsock: Option<FileVsock>,
     pub api_sock: Option<PathBuf>,
     #[serde(default)]

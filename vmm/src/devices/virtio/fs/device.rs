@@ -19,6 +19,8 @@ use crate::devices::virtio::{
 /// Errors of creating a virtio-fs device.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
+    #[error(transparent)]
+    Share(#[from] super::ShareError),
     #[error("tag {tag:?} must be 1 to {TAG_LEN} bytes")]
     TagLength { tag: String },
     #[error("cannot create the queue eventfds: {0}")]
