@@ -120,7 +120,7 @@ pub fn attach_virtio_devices(
             source,
         };
         let share = Share::open(&f.path, f.read_only).map_err(|e| fs_err(e.into()))?;
-        let fs = Fs::new(&f.tag, share).map_err(|e| fs_err(e.into()))?;
+        let fs = Fs::new(&f.tag, share).map_err(fs_err)?;
         bus.place(Arc::new(Mutex::new(fs)))
             .map_err(placement("--fs", &f.path))?;
     }
