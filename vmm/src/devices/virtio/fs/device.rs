@@ -270,8 +270,10 @@ mod tests {
         assert_ne!(irq.status() & IrqType::Vring as u32, 0);
 
         // Reset stops the worker and forgets the session; the device can start again.
+        assert!(fs.share().in_session());
         fs.reset();
         assert!(!fs.is_activated() && fs.worker.is_none());
+        assert!(!fs.share().in_session());
         let queues = vec![Queue::new(128).unwrap(), Queue::new(1024).unwrap()];
         fs.activate(mem, irq, queues).unwrap();
         fs.common().kick_queue(HIPRIO_QUEUE);

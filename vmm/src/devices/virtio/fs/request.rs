@@ -3,7 +3,7 @@
 //! (opcodes that are no FUSE operation, changes to a read-only share) get an error reply
 //! without reaching the server; chains that cannot carry a message are returned unanswered.
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use tracing::debug;
 use virtio_queue::DescriptorChain;
@@ -60,6 +60,9 @@ fn answer(
         };
         writer.write_obj(reply).map_err(RequestError::Reply)?;
         return Ok(reply.as_slice().len());
+    }
+    if header.opcode == Opcode::Init as u32 {
+        share.start_session();
     }
     share
         .server()
@@ -146,6 +149,7 @@ pub(super) mod tests {
             assert_eq!(header.error, 0);
             let out = InitOut::from_slice(&out[..std::mem::size_of::<InitOut>()]).unwrap();
             assert_eq!(out.major, 7);
+            assert!(s.share.in_session());
             s
         }
 

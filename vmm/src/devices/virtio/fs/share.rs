@@ -8,6 +8,7 @@
 //! so a symlink in the share never leads the server to a host file outside it.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ pub struct Share {
     read_only: bool,
     fs: Arc<PassthroughFs<()>>,
     server: Server<Arc<PassthroughFs<()>>>,
+    /// Whether the guest started a FUSE session (FUSE_INIT) since the last reset.
+    session: AtomicBool,
 }
 
 impl Share {
@@ -87,6 +90,7 @@ impl Share {
             read_only,
             server: Server::new(fs.clone()),
             fs,
+            session: AtomicBool::new(false),
         })
     }
 
@@ -108,6 +112,18 @@ impl Share {
     /// thread's umask: call it from the worker, which has its own.
     pub fn end_session(&self) {
         self.fs.destroy();
+        self.session.store(false, Ordering::Release);
+    }
+
+    /// Records that the guest sent FUSE_INIT.
+    pub fn start_session(&self) {
+        self.session.store(true, Ordering::Release);
+    }
+
+    /// Whether the guest has a FUSE session: the server then holds host descriptors for the
+    /// guest's inodes and open files, which a snapshot cannot carry (docs/virtio-fs.md).
+    pub fn in_session(&self) -> bool {
+        self.session.load(Ordering::Acquire)
     }
 }
 
