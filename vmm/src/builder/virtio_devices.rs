@@ -12,6 +12,7 @@ use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::{Fs, Share};
 use crate::devices::virtio::pmem::{Pmem, PmemBacking};
 use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::GuestMemoryGate;
 use crate::devices::Bus;
 use crate::event_loop::EventLoop;
 use crate::vstate::memory::GuestMemoryMmap;
@@ -29,6 +30,8 @@ pub struct VirtioDevices {
     blocks: Vec<Arc<Mutex<Block>>>,
     /// Dropping one unmaps its region.
     pmem_backings: Vec<PmemBacking>,
+    /// What keeps the device threads from writing guest memory (`trim`).
+    memory_gate: GuestMemoryGate,
 }
 
 impl VirtioDevices {
@@ -41,6 +44,11 @@ impl VirtioDevices {
                 len: b.region_len() as usize,
             })
             .collect()
+    }
+
+    /// Held exclusively, no device thread writes guest memory.
+    pub fn memory_gate(&self) -> GuestMemoryGate {
+        self.memory_gate.clone()
     }
 
     /// Flushes every block device to its backing file.
@@ -114,13 +122,14 @@ pub fn attach_virtio_devices(
         bus.place(Arc::new(Mutex::new(balloon)))
             .map_err(BuildError::BalloonPlacement)?;
     }
+    let memory_gate = GuestMemoryGate::default();
     for f in &config.fs {
         let fs_err = |source| BuildError::Fs {
             path: f.path.clone(),
             source,
         };
         let share = Share::open(&f.path, f.read_only).map_err(|e| fs_err(e.into()))?;
-        let fs = Fs::new(&f.tag, share).map_err(fs_err)?;
+        let fs = Fs::new(&f.tag, share, memory_gate.clone()).map_err(fs_err)?;
         bus.place(Arc::new(Mutex::new(fs)))
             .map_err(placement("--fs", &f.path))?;
     }
@@ -129,6 +138,7 @@ pub fn attach_virtio_devices(
         cmdline: manager.cmdline_entries(),
         blocks,
         pmem_backings,
+        memory_gate,
     })
 }
 

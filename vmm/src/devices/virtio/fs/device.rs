@@ -13,7 +13,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::worker::Worker;
 use super::{Share, HIPRIO_QUEUE_SIZE, REQUEST_QUEUE, REQUEST_QUEUE_SIZE, TAG_LEN};
 use crate::devices::virtio::{
-    ActivateError, ActiveState, GuestMemoryMmap, IrqTrigger, VirtioCommon, VirtioDevice,
+    ActivateError, ActiveState, GuestMemoryGate, GuestMemoryMmap, IrqTrigger, VirtioCommon,
+    VirtioDevice,
 };
 
 /// Errors of creating a virtio-fs device.
@@ -32,16 +33,19 @@ pub struct Fs {
     tag: String,
     share: Arc<Share>,
     worker: Option<Worker>,
+    gate: GuestMemoryGate,
     common: VirtioCommon,
 }
 
 impl Fs {
-    /// The device the guest mounts as `mount -t virtiofs TAG DIR`.
-    pub fn new(tag: &str, share: Share) -> Result<Self, FsError> {
+    /// The device the guest mounts as `mount -t virtiofs TAG DIR`; its worker writes guest
+    /// memory only while it holds `gate` shared.
+    pub fn new(tag: &str, share: Share, gate: GuestMemoryGate) -> Result<Self, FsError> {
         Ok(Self {
             tag: tag.to_owned(),
             share: Arc::new(share),
             worker: None,
+            gate,
             common: VirtioCommon::new(
                 VIRTIO_ID_FS,
                 1 << VIRTIO_RING_F_INDIRECT_DESC,
@@ -88,8 +92,8 @@ impl Fs {
             .map(EventFd::try_clone)
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(ActivateError::Thread)?;
-        let worker =
-            Worker::spawn(self.share.clone(), state, kicks).map_err(ActivateError::Thread)?;
+        let worker = Worker::spawn(self.share.clone(), state, kicks, self.gate.clone())
+            .map_err(ActivateError::Thread)?;
         self.worker = Some(worker);
         Ok(())
     }
@@ -182,7 +186,12 @@ mod tests {
     #[test]
     fn config_space_holds_the_tag_and_one_request_queue() {
         let dir = share_dir();
-        let fs = Fs::new("vol0", Share::open(dir.path(), false).unwrap()).unwrap();
+        let fs = Fs::new(
+            "vol0",
+            Share::open(dir.path(), false).unwrap(),
+            Default::default(),
+        )
+        .unwrap();
         let mut tag = [0xffu8; TAG_LEN];
         fs.read_config(0, &mut tag);
         assert_eq!(&tag[..5], b"vol0\0");
@@ -198,12 +207,22 @@ mod tests {
         );
 
         let long = "t".repeat(TAG_LEN);
-        let fs = Fs::new(&long, Share::open(dir.path(), false).unwrap()).unwrap();
+        let fs = Fs::new(
+            &long,
+            Share::open(dir.path(), false).unwrap(),
+            Default::default(),
+        )
+        .unwrap();
         let mut tag = [0u8; TAG_LEN];
         fs.read_config(0, &mut tag);
         assert_eq!(tag, long.as_bytes());
         for bad in ["", &"t".repeat(TAG_LEN + 1)] {
-            let e = Fs::new(bad, Share::open(dir.path(), false).unwrap()).err();
+            let e = Fs::new(
+                bad,
+                Share::open(dir.path(), false).unwrap(),
+                Default::default(),
+            )
+            .err();
             assert!(matches!(e, Some(FsError::TagLength { .. })), "{bad:?}");
         }
     }
@@ -224,7 +243,12 @@ mod tests {
     fn the_worker_serves_kicks_keeps_guest_modes_and_stops_on_reset() {
         let dir = share_dir();
         let mem = guest_memory();
-        let mut fs = Fs::new("vol0", Share::open(dir.path(), false).unwrap()).unwrap();
+        let mut fs = Fs::new(
+            "vol0",
+            Share::open(dir.path(), false).unwrap(),
+            Default::default(),
+        )
+        .unwrap();
         let irq = Arc::new(IrqTrigger::new().unwrap());
 
         // INIT and a CREATE of mode 0666 with the guest's umask 0 queued before activation.

@@ -14,7 +14,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{request, Share};
-use crate::devices::virtio::ActiveState;
+use crate::devices::virtio::{ActiveState, GuestMemoryGate};
 
 /// The epoll token of the stop event; queue kicks use their queue index.
 const STOP: u64 = u64::MAX;
@@ -31,6 +31,7 @@ impl Worker {
         share: Arc<Share>,
         state: ActiveState,
         kicks: Vec<EventFd>,
+        gate: GuestMemoryGate,
     ) -> std::io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
@@ -43,7 +44,7 @@ impl Worker {
         let stop_evt = stop.try_clone()?;
         let thread = std::thread::Builder::new()
             .name("virtio-fs".into())
-            .spawn(move || run(&share, state, &kicks, &epoll, &stop_evt))?;
+            .spawn(move || run(&share, state, &kicks, &epoll, &stop_evt, &gate))?;
         Ok(Self { stop, thread })
     }
 
@@ -63,6 +64,7 @@ fn run(
     kicks: &[EventFd],
     epoll: &Epoll,
     stop: &EventFd,
+    gate: &GuestMemoryGate,
 ) -> ActiveState {
     own_umask();
     let mut events = vec![EpollEvent::default(); kicks.len() + 1];
@@ -84,6 +86,7 @@ fn run(
             let index = token as usize;
             // The counter only wakes us; draining it keeps level-triggered epoll quiet.
             let _ = kicks[index].read();
+            let _writing = gate.read().unwrap_or_else(|e| e.into_inner());
             let served = state.serve_queue(index, |chain, mem| request::serve(share, chain, mem));
             if let Err(e) = served {
                 error!(queue = index, error = %e, "virtio-fs: queue processing failed");
