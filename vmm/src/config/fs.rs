@@ -152,6 +152,28 @@ mod tests {
     }
 
     #[test]
+    fn json_entries_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = format!(
+            r#"{{"fs": [{{"tag": "vol", "path": "{}", "read_only": true}}]}}"#,
+            dir.path().display()
+        );
+        let file: super::super::FileConfig = serde_json::from_str(&json).unwrap();
+        let got = shares(Vec::new(), file.fs).unwrap();
+        assert_eq!(
+            got,
+            [FsConfig {
+                tag: "vol".into(),
+                path: dir.path().to_owned(),
+                read_only: true
+            }]
+        );
+        let bad = r#"{"fs": [{"tag": "vol", "dir": "/x"}]}"#;
+        let e = serde_json::from_str::<super::super::FileConfig>(bad).unwrap_err();
+        assert!(e.to_string().contains("unknown field `dir`"), "{e}");
+    }
+
+    #[test]
     fn bad_shares_name_the_flag_or_field_and_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
