@@ -11,7 +11,7 @@ use nix::sys::reboot::set_cad_enabled;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use thiserror::Error;
 
-use crate::processes::ProcessTable;
+use crate::process_table::ProcessTable;
 
 /// How long the workload gets between SIGTERM and the shutdown's SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(3);

@@ -1,13 +1,67 @@
-//! Exit and OOM notifications waiting for the host's GetEvent long-poll.
+//! Exit and OOM notifications waiting for the host's GetEvent long-poll, in the protocol's form.
 //! Bounded: if the host never asks, the oldest events are dropped with a warning.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use protocol::agent::Event;
+use nix::unistd::Pid;
+use protocol::agent::{Event, EventKind};
+
+use crate::process_table::Process;
+use crate::reaper::ExitStatus;
 
 const MAX_QUEUED: usize = 4096;
+
+/// The protocol's form of an exit.
+pub fn exit_status(status: ExitStatus) -> protocol::agent::ExitStatus {
+    let mut out = protocol::agent::ExitStatus::new();
+    match status {
+        ExitStatus::Exited(code) => out.exit_code = code,
+        ExitStatus::Signaled {
+            signal,
+            core_dumped,
+        } => {
+            out.signal = signal as u32;
+            out.core_dumped = core_dumped;
+        }
+    }
+    out
+}
+
+/// The guest's uptime for an event's or a reply's timestamp; 0 if the clock cannot be read.
+pub fn uptime_ms() -> u64 {
+    crate::init::uptime_ms().unwrap_or(0)
+}
+
+/// Process `p` (pid `pid`) ended with `status`.
+pub fn exit_event(p: &Process, pid: Pid, status: ExitStatus) -> Event {
+    let mut event = Event::new();
+    event.kind = EventKind::EXIT.into();
+    event.container_id = p.container_id.clone();
+    event.exec_id = p.exec_id.clone();
+    event.pid = pid.as_raw() as u32;
+    event.status = Some(exit_status(status)).into();
+    event.time_ms = uptime_ms();
+    event
+}
+
+/// Container `id`'s cgroup counted another OOM kill.
+pub fn oom_event(id: &str) -> Event {
+    let mut event = Event::new();
+    event.kind = EventKind::OOM.into();
+    event.container_id = id.to_string();
+    event.time_ms = uptime_ms();
+    event
+}
+
+/// What GetEvent returns when nothing happened within its timeout.
+pub fn no_event() -> Event {
+    let mut none = Event::new();
+    none.kind = EventKind::NONE.into();
+    none.time_ms = uptime_ms();
+    none
+}
 
 #[derive(Default)]
 pub struct EventQueue {

@@ -1,24 +1,28 @@
 //! sandbox-agent: PID 1 of the guest. Mounts the basics, reaps orphans, serves the agent API
 //! (ttrpc) and the stdio streams on vsock; on a host it can serve Unix sockets for tests.
 
+// Non-test code reports failures instead of panicking on them.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 mod cad;
 mod config;
 mod console;
 mod containers;
 mod events;
+mod guest_processes;
 mod init;
 mod kernel_params;
 mod listener;
 mod logger;
 mod oom;
-mod process;
-mod processes;
+mod process_table;
 mod reaper;
 mod runtime_helper;
 mod sandbox;
 mod service;
+mod spawn;
 mod stats;
-mod stdio;
+mod stdio_server;
 mod switch_root;
 
 use std::sync::{mpsc, Arc};
@@ -27,12 +31,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
-use protocol::agent::{Event, EventKind};
 
 use crate::config::Config;
+use crate::containers::Containers;
 use crate::events::EventQueue;
 use crate::listener::{Address, Listener};
-use crate::processes::ProcessTable;
+use crate::process_table::ProcessTable;
 use crate::reaper::Reaper;
 use crate::service::AgentService;
 
@@ -103,7 +107,7 @@ fn run(args: &[String]) -> Result<()> {
         let processes = processes.clone();
         thread::Builder::new()
             .name("stdio-accept".into())
-            .spawn(move || stdio::serve(stdio_listener, processes))
+            .spawn(move || stdio_server::serve(stdio_listener, processes))
             .context("starting the stdio thread")?;
     }
 
@@ -114,15 +118,20 @@ fn run(args: &[String]) -> Result<()> {
             let _ = tx.send(());
         })?;
     }
+    let oom = Arc::new(oom::OomWatch::new()?);
     let service = AgentService {
-        containers: containers::Containers::new(config.run_dir.clone()),
+        containers: Containers::new(
+            config.run_dir.clone(),
+            processes.clone(),
+            reaper.clone(),
+            oom.clone(),
+        ),
         config: config.clone(),
         reaper,
         processes: processes.clone(),
         events,
         own_uts,
         shutdown: shutdown_tx,
-        oom: Arc::new(oom::OomWatch::new()?),
     };
     let service = Arc::new(service);
     let mut server = ttrpc::Server::new()
@@ -142,10 +151,12 @@ fn run(args: &[String]) -> Result<()> {
         thread::Builder::new()
             .name("oom-watch".into())
             .spawn(move || {
-                let oom = service.oom.clone();
                 oom.run(
-                    || service.oom_watch_list(),
-                    |id, kills| service.report_oom(id, kills),
+                    || service.containers.oom_watch_list(),
+                    |id, kills| {
+                        log::warn!("container {id}: OOM kill (count {kills})");
+                        service.events.push(crate::events::oom_event(id));
+                    },
                 )
             })
             .context("starting the OOM watch thread")?;
@@ -156,7 +167,7 @@ fn run(args: &[String]) -> Result<()> {
     let _ = shutdown_rx.recv();
     // Let the Shutdown reply leave before connections drop; the host accepts either.
     thread::sleep(Duration::from_millis(20));
-    service.teardown();
+    service.containers.teardown();
     finish(&config, &processes);
     Ok(())
 }
@@ -198,14 +209,7 @@ fn start_reaper(
                         p.container_id,
                         p.exec_id
                     );
-                    let mut event = Event::new();
-                    event.kind = EventKind::EXIT.into();
-                    event.container_id = p.container_id.clone();
-                    event.exec_id = p.exec_id.clone();
-                    event.pid = pid.as_raw() as u32;
-                    event.status = Some(service::exit_status(status)).into();
-                    event.time_ms = init::uptime_ms().unwrap_or(0);
-                    events.push(event);
+                    events.push(crate::events::exit_event(&p, pid, status));
                 }
                 None => log::debug!("reaped orphan pid {pid}: {status:?}"),
             })

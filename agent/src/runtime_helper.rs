@@ -17,6 +17,8 @@ use std::process::{Command, Stdio};
 use nix::fcntl::OFlag;
 use thiserror::Error;
 
+use crate::spawn::ChildStdio;
+
 /// The argument that switches the agent binary into helper mode.
 pub const FLAG: &str = "--runtime-helper";
 /// The descriptor the helper writes its result line to.
@@ -51,7 +53,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn of(e: &runtime::Error) -> Kind {
+    pub fn of(e: &runtime::Error) -> Kind {
         match e {
             runtime::Error::InvalidId(_) | runtime::Error::Spec(_) => Kind::Invalid,
             runtime::Error::Exists(_) => Kind::Exists,
@@ -82,14 +84,6 @@ impl Kind {
     }
 }
 
-/// The container stdio a helper passes on: each `None` becomes /dev/null.
-#[derive(Default)]
-pub struct HelperStdio {
-    pub stdin: Option<OwnedFd>,
-    pub stdout: Option<OwnedFd>,
-    pub stderr: Option<OwnedFd>,
-}
-
 /// What the helper should do.
 pub enum Job<'a> {
     Create {
@@ -106,10 +100,11 @@ pub enum Job<'a> {
     },
 }
 
-/// Runs the helper to completion and returns the pid of the process it started. Call inside
+/// Runs the helper to completion, with `stdio` as its (and the container's) 0-2, each `None`
+/// /dev/null, and returns the pid of the process it started. Call inside
 /// `Reaper::spawn_locked`, so the helper's exit is std's to collect and the new process's
 /// exit cannot be reaped before its pid is recorded.
-pub fn run(job: &Job<'_>, stdio: HelperStdio) -> Result<i32, Error> {
+pub fn run(job: &Job<'_>, stdio: ChildStdio) -> Result<i32, Error> {
     let exe = PathBuf::from("/proc/self/exe");
     let mut cmd = Command::new(&exe);
     cmd.arg(FLAG);

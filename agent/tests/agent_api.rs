@@ -1,4 +1,4 @@
-//! The agent binary served on Unix sockets (as on a host run) and driven by the shim's client:
+//! The agent binary served on Unix sockets (as on a host run) and driven by the tests' client:
 //! the API calls, process lifecycle and the stdio streams, without a VM.
 
 mod common;
@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::client::{ExitStatus, StdioSet, StreamKind};
 use common::{process_json, TestAgent, ALL, OUT};
-use shim::agent_client::{ExitStatus, StdioSet, StreamKind};
 
 #[test]
 fn check_reports_version_and_stats_report_memory() {

@@ -8,26 +8,29 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use common::client::{ExitStatus, RootfsDevice, StdioSet, StreamKind};
 use common::{process_json, TestAgent, ALL, OUT};
 use protocol::agent::ContainerStatus;
-use shim::agent_client::{ExitStatus, RootfsDevice, StdioSet, StreamKind};
+use sandbox_tests::require;
 
 const BUSYBOX: &str = "/usr/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "hostname", "ls", "true", "seq", "touch", "stty",
 ];
 
-/// Whether this host can run the container tests; prints why not.
-fn usable() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: container tests need root");
-        return false;
-    }
-    if !Path::new(BUSYBOX).exists() {
-        eprintln!("skipping: no {BUSYBOX}");
-        return false;
-    }
-    true
+/// Returns from the test (a recorded skip; a failure under CI) unless this host can run the
+/// container tests: root for namespaces and mounts, a static busybox for the rootfs.
+macro_rules! require_container_host {
+    () => {
+        require!(
+            nix::unistd::geteuid().is_root(),
+            "container tests need root (namespaces, mounts)"
+        );
+        require!(
+            Path::new(BUSYBOX).exists(),
+            "no {BUSYBOX} for the container rootfs (cargo xtask setup installs busybox-static)"
+        );
+    };
 }
 
 /// A busybox rootfs directory in `dir`.
@@ -87,6 +90,23 @@ fn rootfs_device(image: &Path) -> RootfsDevice {
     }
 }
 
+/// Creates a container running `sleep 1000` without stdio streams; returns its id.
+fn create_sleeper(agent: &TestAgent, prefix: &str) -> String {
+    let image = busybox_rootfs(agent.dir.path());
+    let id = unique_id(prefix);
+    agent
+        .client
+        .create_container(
+            &id,
+            &spec(&["sleep", "1000"]),
+            &rootfs_device(&image),
+            StdioSet::default(),
+            false,
+        )
+        .unwrap();
+    id
+}
+
 fn state(agent: &TestAgent, id: &str) -> ContainerStatus {
     agent
         .client
@@ -98,9 +118,7 @@ fn state(agent: &TestAgent, id: &str) -> ContainerStatus {
 
 #[test]
 fn container_runs_in_its_own_namespaces_on_an_overlay_and_is_removed() {
-    if !usable() {
-        return;
-    }
+    require_container_host!();
     let agent = TestAgent::start();
     let image = busybox_rootfs(agent.dir.path());
     let id = unique_id("c");
@@ -144,22 +162,9 @@ fn container_runs_in_its_own_namespaces_on_an_overlay_and_is_removed() {
 
 #[test]
 fn exec_joins_a_running_container_and_kill_reports_the_signal() {
-    if !usable() {
-        return;
-    }
+    require_container_host!();
     let agent = TestAgent::start();
-    let image = busybox_rootfs(agent.dir.path());
-    let id = unique_id("x");
-    agent
-        .client
-        .create_container(
-            &id,
-            &spec(&["sleep", "1000"]),
-            &rootfs_device(&image),
-            StdioSet::default(),
-            false,
-        )
-        .unwrap();
+    let id = create_sleeper(&agent, "x");
     agent.client.start_container(&id).unwrap();
     assert_eq!(state(&agent, &id), ContainerStatus::RUNNING);
 
@@ -206,9 +211,7 @@ fn exec_joins_a_running_container_and_kill_reports_the_signal() {
 
 #[test]
 fn container_with_a_terminal_gets_its_pty() {
-    if !usable() {
-        return;
-    }
+    require_container_host!();
     let agent = TestAgent::start();
     let image = busybox_rootfs(agent.dir.path());
     let id = unique_id("t");
@@ -238,9 +241,7 @@ fn container_with_a_terminal_gets_its_pty() {
 
 #[test]
 fn removing_with_force_stops_a_created_container() {
-    if !usable() {
-        return;
-    }
+    require_container_host!();
     let agent = TestAgent::start();
     let image = busybox_rootfs(agent.dir.path());
     let id = unique_id("f");
@@ -261,22 +262,9 @@ fn removing_with_force_stops_a_created_container() {
 
 #[test]
 fn exec_with_a_terminal_sees_resizes() {
-    if !usable() {
-        return;
-    }
+    require_container_host!();
     let agent = TestAgent::start();
-    let image = busybox_rootfs(agent.dir.path());
-    let id = unique_id("r");
-    agent
-        .client
-        .create_container(
-            &id,
-            &spec(&["sleep", "1000"]),
-            &rootfs_device(&image),
-            StdioSet::default(),
-            false,
-        )
-        .unwrap();
+    let id = create_sleeper(&agent, "r");
     agent.client.start_container(&id).unwrap();
     agent
         .client
@@ -307,9 +295,7 @@ fn exec_with_a_terminal_sees_resizes() {
 
 #[test]
 fn a_bad_spec_is_an_invalid_argument_and_leaves_nothing() {
-    if !usable() {
-        return;
-    }
+    require_container_host!();
     let agent = TestAgent::start();
     let image = busybox_rootfs(agent.dir.path());
     let id = unique_id("b");
@@ -325,9 +311,7 @@ fn a_bad_spec_is_an_invalid_argument_and_leaves_nothing() {
 
 #[test]
 fn init_with_all_streams_gets_stdin_and_keeps_output_order() {
-    if !usable() {
-        return;
-    }
+    require_container_host!();
     let agent = TestAgent::start();
     let image = busybox_rootfs(agent.dir.path());
     let id = unique_id("s");
@@ -378,69 +362,55 @@ fn init_with_all_streams_gets_stdin_and_keeps_output_order() {
 }
 
 #[test]
-fn pause_resume_stats_and_update_through_the_controller_handle() {
-    if !usable() {
-        return;
-    }
+fn pause_and_update_are_refused_where_they_do_not_apply() {
+    require_container_host!();
     let agent = TestAgent::start();
-    let image = busybox_rootfs(agent.dir.path());
-    let id = unique_id("p");
-    agent
-        .client
-        .create_container(
-            &id,
-            &spec(&["sleep", "1000"]),
-            &rootfs_device(&image),
-            StdioSet::default(),
-            false,
-        )
-        .unwrap();
-    let c = shim::controller::ContainerHandle::new(agent.client.clone(), &id);
+    let id = create_sleeper(&agent, "q");
+    let c = &agent.client;
     // Only a running container can be paused.
-    let err = c.pause().unwrap_err().to_string();
+    let err = c.pause_container(&id).unwrap_err().to_string();
     assert!(err.contains("FAILED_PRECONDITION"), "{err}");
-    c.start().unwrap();
-    if shim_cgroup_usable(&c) {
-        c.pause().unwrap();
-        assert_eq!(state(&agent, &id), ContainerStatus::PAUSED);
-        assert_eq!(
-            c.state().unwrap().status,
-            shim::controller::LiveStatus::Paused
-        );
-        c.resume().unwrap();
-        assert_eq!(state(&agent, &id), ContainerStatus::RUNNING);
-        let stats = c.stats().unwrap();
-        assert!(stats.pids.current >= 1, "{stats:?}");
-        // A limit: applied on a pure cgroup v2 host, refused naming the field on a hybrid one.
-        match c.update(&serde_json::json!({"pids": {"limit": 20}})) {
-            Ok(()) => assert_eq!(c.stats().unwrap().pids.limit, Some(20)),
-            Err(e) => assert!(e.to_string().contains("linux.resources.pids"), "{e}"),
-        }
-    }
+    c.start_container(&id).unwrap();
     let err = c
-        .update(&serde_json::json!({"cpu": {"period": 5}}))
+        .update_container(&id, r#"{"cpu": {"period": 5}}"#)
         .unwrap_err()
         .to_string();
     assert!(err.contains("linux.resources.cpu.period"), "{err}");
-    assert!(c.update(&serde_json::json!([1])).is_err());
-    c.kill("", 9, false).unwrap();
+    assert!(c.update_container(&id, "[1]").is_err());
+    c.signal_process(&id, "", 9, false).unwrap();
     assert_eq!(
-        c.wait("").unwrap(),
+        c.wait_process(&id, "").unwrap(),
         ExitStatus::Signaled {
             signal: 9,
             core_dumped: false
         }
     );
-    c.remove(false).unwrap();
+    c.remove_container(&id, false).unwrap();
 }
 
-/// Whether the container got a cgroup (a cgroup2 hierarchy is mounted on this host).
-fn shim_cgroup_usable(c: &shim::controller::ContainerHandle) -> bool {
-    match c.stats() {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("skipping the cgroup part: {e}");
-            false
-        }
+#[test]
+fn pause_resume_stats_and_update() {
+    require_container_host!();
+    let agent = TestAgent::start();
+    let id = create_sleeper(&agent, "p");
+    let c = &agent.client;
+    c.start_container(&id).unwrap();
+    let no_cgroup = c.container_stats(&id).err();
+    require!(
+        no_cgroup.is_none(),
+        "the container has no cgroup (this host has no usable cgroup v2 hierarchy): {}",
+        no_cgroup.map(|e| e.to_string()).unwrap_or_default()
+    );
+    c.pause_container(&id).unwrap();
+    assert_eq!(state(&agent, &id), ContainerStatus::PAUSED);
+    c.resume_container(&id).unwrap();
+    assert_eq!(state(&agent, &id), ContainerStatus::RUNNING);
+    let stats = c.container_stats(&id).unwrap();
+    assert!(stats.pids.current >= 1, "{stats:?}");
+    // A limit: applied on a pure cgroup v2 host, refused naming the field on a hybrid one.
+    match c.update_container(&id, r#"{"pids": {"limit": 20}}"#) {
+        Ok(()) => assert_eq!(c.container_stats(&id).unwrap().pids.limit, 20),
+        Err(e) => assert!(e.to_string().contains("linux.resources.pids"), "{e}"),
     }
+    c.remove_container(&id, true).unwrap();
 }

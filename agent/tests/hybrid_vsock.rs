@@ -1,4 +1,4 @@
-//! The host client through a hybrid vsock socket, as with the VMM: a fake VMM speaks the
+//! The agent through a hybrid vsock socket, as with the VMM: a fake VMM speaks the
 //! `CONNECT <port>` handshake and forwards ports 1024/1025 to the agent's Unix sockets.
 
 mod common;
@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
+use common::client::{AgentClient, Endpoint, ExitStatus, StreamKind};
 use common::{process_json, TestAgent, ALL, CALL_TIMEOUT};
-use shim::agent_client::{AgentClient, Endpoint, ExitStatus, StreamKind};
 
 /// Serves `socket` like the VMM's hybrid vsock device: each connection names a guest port,
 /// which is forwarded to the matching Unix socket of the agent.

@@ -6,7 +6,7 @@
 //! Inputs (environment, defaults in brackets): SANDBOX_VMM [target/release/sandbox-vmm],
 //! SANDBOX_VMLINUX [target/guest/vmlinux], SANDBOX_INITRAMFS [target/guest/initramfs.cpio],
 //! SANDBOX_ROOTFS_IMAGE [built here from /usr/bin/busybox with mkfs.ext4 -d; without them the
-//! container part is skipped] — an ext4 image with a busybox root.
+//! test is a recorded skip, and a failure under CI] — an ext4 image with a busybox root.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,7 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shim::agent_client::{AgentClient, Endpoint, ExitStatus, RootfsDevice, StdioSet, StreamKind};
+mod common;
+
+use common::client::{AgentClient, Endpoint, ExitStatus, RootfsDevice, StdioSet, StreamKind};
+use sandbox_tests::require;
+
+const BUSYBOX: &str = "/usr/bin/busybox";
 
 /// Output the bulk container writes by default: 16 MiB, far beyond the vsock credit window, so
 /// flow control and ordering are exercised; SANDBOX_E2E_BULK_BYTES overrides it. The issue's
@@ -84,7 +89,7 @@ impl Drop for Vm {
     }
 }
 
-fn boot(dir: tempfile::TempDir, vsock: &Path, image: Option<&Path>) -> Vm {
+fn boot(dir: tempfile::TempDir, vsock: &Path, image: &Path) -> Vm {
     let mut cmd = Command::new(input("SANDBOX_VMM", "target/release/sandbox-vmm"));
     cmd.arg("--kernel")
         .arg(input("SANDBOX_VMLINUX", "target/guest/vmlinux"))
@@ -94,9 +99,7 @@ fn boot(dir: tempfile::TempDir, vsock: &Path, image: Option<&Path>) -> Vm {
         .args(["--memory", "256", "--vcpus", "1", "--serial", "stdout"])
         .arg("--vsock")
         .arg(format!("3,{}", vsock.display()));
-    if let Some(image) = image {
-        cmd.arg("--block").arg(format!("{},ro", image.display()));
-    }
+    cmd.arg("--block").arg(format!("{},ro", image.display()));
     let child = cmd
         .stdin(Stdio::null())
         .spawn()
@@ -110,18 +113,24 @@ fn boot(dir: tempfile::TempDir, vsock: &Path, image: Option<&Path>) -> Vm {
     vm
 }
 
-/// An ext4 image of a busybox root in `dir`, if busybox and mkfs.ext4 are there.
-fn busybox_image(dir: &Path) -> Option<PathBuf> {
-    let busybox = Path::new("/usr/bin/busybox");
-    if !busybox.exists() {
-        eprintln!("no {}: skipping the container part", busybox.display());
-        return None;
-    }
+/// Whether `program` can be started (it is on PATH).
+fn runs(program: &str) -> bool {
+    Command::new(program)
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// An ext4 image of a busybox root in `dir`; the test has checked that busybox and mkfs.ext4
+/// are there.
+fn busybox_image(dir: &Path) -> PathBuf {
     let root = dir.join("image");
     for sub in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
         std::fs::create_dir_all(root.join(sub)).unwrap();
     }
-    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
     for applet in ["sh", "echo", "hostname", "cat", "yes", "head"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -134,14 +143,10 @@ fn busybox_image(dir: &Path) -> Option<PathBuf> {
         .args(["-q", "-d"])
         .arg(&root)
         .arg(&image)
-        .status();
-    match made {
-        Ok(s) if s.success() => Some(image),
-        other => {
-            eprintln!("mkfs.ext4 failed ({other:?}): skipping the container part");
-            None
-        }
-    }
+        .status()
+        .expect("running mkfs.ext4");
+    assert!(made.success(), "mkfs.ext4 -d {}: {made}", root.display());
+    image
 }
 
 fn container_spec(script: &str, env: &[String]) -> String {
@@ -262,10 +267,21 @@ fn agent_in_a_microvm_answers_over_hybrid_vsock() {
         .tempdir_in("/var/tmp")
         .unwrap();
     let vsock = dir.path().join("v.sock");
-    let image = std::env::var_os("SANDBOX_ROOTFS_IMAGE")
-        .map(PathBuf::from)
-        .or_else(|| busybox_image(dir.path()));
-    let mut vm = boot(dir, &vsock, image.as_deref());
+    let image = match std::env::var_os("SANDBOX_ROOTFS_IMAGE") {
+        Some(image) => PathBuf::from(image),
+        None => {
+            require!(
+                Path::new(BUSYBOX).exists(),
+                "no {BUSYBOX} for the container image (and no SANDBOX_ROOTFS_IMAGE)"
+            );
+            require!(
+                runs("mkfs.ext4"),
+                "no mkfs.ext4 for the container image (and no SANDBOX_ROOTFS_IMAGE)"
+            );
+            busybox_image(dir.path())
+        }
+    };
+    let mut vm = boot(dir, &vsock, &image);
 
     let endpoint = Endpoint::HybridVsock {
         socket: vsock.clone(),
@@ -304,40 +320,37 @@ fn agent_in_a_microvm_answers_over_hybrid_vsock() {
         ExitStatus::Exited(1)
     );
 
-    if image.is_some() {
-        let spec = serde_json::json!({
-            "ociVersion": "1.0.2",
-            "process": {"args": ["sh", "-c", "echo hi from $(hostname); exit 3"],
-                        "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
-            "root": {"path": "rootfs"},
-            "hostname": "box",
-            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-            "linux": {"namespaces": [{"type": "pid"}, {"type": "uts"}, {"type": "mount"}]}
-        });
-        let rootfs = RootfsDevice {
-            device: "vda".into(),
-            fstype: "ext4".into(),
-            ..Default::default()
-        };
-        let out = StdioSet {
-            stdin: false,
-            stdout: true,
-            stderr: false,
-        };
-        client
-            .create_container("c1", &spec.to_string(), &rootfs, out, false)
-            .unwrap();
-        let mut stdout = client.open_stream("c1", "", StreamKind::Stdout).unwrap();
-        client.start_container("c1").unwrap();
-        let mut text = String::new();
-        stdout.read_to_string(&mut text).unwrap();
-        assert_eq!(text, "hi from box\n");
-        assert_eq!(client.wait_process("c1", "").unwrap().code(), 3);
-        client.remove_container("c1", false).unwrap();
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["sh", "-c", "echo hi from $(hostname); exit 3"],
+                    "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs"},
+        "hostname": "box",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "uts"}, {"type": "mount"}]}
+    });
+    let rootfs = RootfsDevice {
+        device: "vda".into(),
+        fstype: "ext4".into(),
+    };
+    let out = StdioSet {
+        stdin: false,
+        stdout: true,
+        stderr: false,
+    };
+    client
+        .create_container("c1", &spec.to_string(), &rootfs, out, false)
+        .unwrap();
+    let mut stdout = client.open_stream("c1", "", StreamKind::Stdout).unwrap();
+    client.start_container("c1").unwrap();
+    let mut text = String::new();
+    stdout.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "hi from box\n");
+    assert_eq!(client.wait_process("c1", "").unwrap().code(), 3);
+    client.remove_container("c1", false).unwrap();
 
-        bulk_output(&client, &rootfs);
-        stdin_round_trip(&client, &rootfs);
-    }
+    bulk_output(&client, &rootfs);
+    stdin_round_trip(&client, &rootfs);
 
     client.shutdown().unwrap();
     let status = vm.child.wait().unwrap();

@@ -1,5 +1,5 @@
-//! The agent API (ttrpc over vsock) between the host controller and the agent.
-//! Generated messages and services, the well-known ports and the stdio stream header.
+//! The agent API (ttrpc over vsock) between the host controller and the agent: generated
+//! messages and services, the well-known ports and the stdio streams' header (`stream_header`).
 
 /// Messages of proto/agent.proto (rust-protobuf).
 #[allow(
@@ -30,7 +30,10 @@ pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
 
-pub mod stdio;
+pub mod exit_status;
+pub mod stream_header;
+
+pub use exit_status::ExitStatus;
 
 /// The vsock port the agent serves the ttrpc API on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

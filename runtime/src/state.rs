@@ -1,10 +1,17 @@
 //! Container state (runtime-spec "state"): kept as `<root>/<id>/state.json`, with the status
 //! (created, running, paused, stopped) derived from the init process each time it is read.
+//!
+//! [`State`] and [`Status`] are ours, not oci-spec's `State` and `ContainerState`: oci-spec
+//! 0.10's status has no `paused` (runc's, which pause/resume report), its state lacks runc's
+//! `rootfs`, `created` and `owner` and makes `pid` optional, and a flattened oci-spec state
+//! would carry a second `status`; what the hooks get on stdin is oci-spec's
+//! `State` ([`State::oci_json`]).
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use oci_spec::runtime::ContainerState;
 use serde::{Deserialize, Serialize};
 
 /// State directory failures; each names the file.
@@ -56,6 +63,19 @@ impl std::fmt::Display for Status {
     }
 }
 
+impl From<Status> for ContainerState {
+    /// runtime-spec's view: a paused container's process has started and not exited, which
+    /// the spec calls running (it defines no pause).
+    fn from(status: Status) -> ContainerState {
+        match status {
+            Status::Creating => ContainerState::Creating,
+            Status::Created => ContainerState::Created,
+            Status::Running | Status::Paused => ContainerState::Running,
+            Status::Stopped => ContainerState::Stopped,
+        }
+    }
+}
+
 /// What `state` reports, in runc's JSON shape, plus what the runtime needs to find the
 /// container again (init start time against PID reuse, cgroup path).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,17 +113,23 @@ pub struct State {
 }
 
 impl State {
-    /// The OCI state passed to hooks: ociVersion, id, status, pid, bundle, annotations.
+    /// The runtime-spec state passed to hooks: ociVersion, id, status, pid, bundle and
+    /// annotations, each always present.
+    pub fn oci_state(&self) -> oci_spec::runtime::State {
+        let mut state = oci_spec::runtime::State::default();
+        state
+            .set_version(self.oci_version.clone())
+            .set_id(self.id.clone())
+            .set_status(self.status.into())
+            .set_pid(Some(self.pid))
+            .set_bundle(self.bundle.clone())
+            .set_annotations(Some(self.annotations.clone()));
+        state
+    }
+
+    /// [`State::oci_state`] as the JSON a hook reads on stdin.
     pub fn oci_json(&self) -> String {
-        serde_json::json!({
-            "ociVersion": self.oci_version,
-            "id": self.id,
-            "status": self.status,
-            "pid": self.pid,
-            "bundle": self.bundle,
-            "annotations": self.annotations,
-        })
-        .to_string()
+        serde_json::to_string(&self.oci_state()).expect("state serialises")
     }
 
     /// Writes `<dir>/state.json` atomically.
@@ -174,24 +200,27 @@ pub fn now_rfc3339() -> String {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Howard Hinnant's civil-from-days.
+    rfc3339(d.as_secs() as i64, d.subsec_nanos())
+}
+
+/// `secs.nanos` since the epoch as RFC 3339 UTC with nanoseconds.
+pub fn rfc3339(secs: i64, nanos: u32) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
         rem / 3600,
         rem % 3600 / 60,
-        rem % 60,
-        d.subsec_nanos()
+        rem % 60
     )
 }
 
@@ -204,6 +233,39 @@ mod tests {
         let s = now_rfc3339();
         assert_eq!(s.len(), 30, "{s}");
         assert!(s.ends_with('Z') && s.as_bytes()[10] == b'T');
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(1_709_210_096, 5), "2024-02-29T12:34:56.000000005Z");
+    }
+
+    #[test]
+    fn hooks_get_the_runtime_spec_state() {
+        let state = State {
+            oci_version: "1.0.2".into(),
+            id: "c1".into(),
+            pid: 42,
+            status: Status::Paused,
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            created: now_rfc3339(),
+            owner: "root".into(),
+            annotations: HashMap::new(),
+            init_start_time: 7,
+            cgroup_path: None,
+        };
+        let v: serde_json::Value = serde_json::from_str(&state.oci_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ociVersion": "1.0.2", "id": "c1", "status": "running", "pid": 42,
+                "bundle": "/b", "annotations": {}})
+        );
+        let stopped = State {
+            status: Status::Stopped,
+            ..state
+        };
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&stopped.oci_json()).unwrap()["status"],
+            "stopped"
+        );
     }
 
     #[test]

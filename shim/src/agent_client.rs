@@ -1,7 +1,7 @@
 //! Typed client of the in-guest agent: the ttrpc API over the VMM's hybrid vsock socket
 //! (or plain Unix sockets for host tests), plus opening stdio streams to processes.
 
-mod stdio;
+mod stdio_stream;
 
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
@@ -13,8 +13,8 @@ use protocol::agent::*;
 use protocol::agent_ttrpc;
 use thiserror::Error;
 
-pub use protocol::stdio::StreamKind;
-pub use stdio::StdioStream;
+pub use protocol::stream_header::StreamKind;
+pub use stdio_stream::{pump, OutputPumps, StdioStream, PUMP_CHUNK};
 
 use crate::vsock;
 
@@ -57,7 +57,7 @@ pub enum Error {
         container_id: String,
         exec_id: String,
         kind: StreamKind,
-        source: protocol::stdio::Error,
+        source: protocol::stream_header::Error,
     },
 }
 
@@ -143,33 +143,7 @@ impl StdioSet {
     }
 }
 
-/// How a process ended, as the agent reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
-    Exited(i32),
-    Signaled { signal: u32, core_dumped: bool },
-}
-
-impl ExitStatus {
-    pub fn from_proto(s: &protocol::agent::ExitStatus) -> ExitStatus {
-        if s.signal != 0 {
-            ExitStatus::Signaled {
-                signal: s.signal,
-                core_dumped: s.core_dumped,
-            }
-        } else {
-            ExitStatus::Exited(s.exit_code)
-        }
-    }
-
-    /// The exit code a shell (and runc) reports: the code, or 128+N after signal N.
-    pub fn code(self) -> i32 {
-        match self {
-            ExitStatus::Exited(code) => code,
-            ExitStatus::Signaled { signal, .. } => 128 + signal as i32,
-        }
-    }
-}
+pub use protocol::ExitStatus;
 
 /// The container's root filesystem on a guest block device.
 #[derive(Debug, Clone, Default)]

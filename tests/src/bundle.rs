@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 
+use crate::binaries;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Where bundles and state roots go (outside /tmp so the lab can reuse them).
@@ -41,7 +43,11 @@ pub fn base_spec() -> Value {
     spec
 }
 
-/// The probe: prints what the container sees, section by section.
+/// The probe's last line: a probe that stopped early (its shell died, a section failed)
+/// does not print it.
+pub const PROBE_END: &str = "== probe end";
+
+/// The probe: prints what the container sees, section by section, then [`PROBE_END`].
 pub const PROBE: &str = r#"#!/bin/sh
 echo "== ids"; id -u; id -g; grep '^Groups:' /proc/$$/status
 echo "== idmaps"; cat /proc/self/uid_map /proc/self/gid_map | tr -s ' '
@@ -67,6 +73,7 @@ echo "== dev"; for d in /dev/*; do echo "$d $(stat -c '%F %a %u %g %t:%T' $d)"; 
 echo "== oom"; cat /proc/$$/oom_score_adj
 echo "== fds"; ls /proc/self/fd
 if [ -f /probe-extra.sh ]; then echo "== extra"; . /probe-extra.sh 2>&1; fi
+echo "== probe end"
 exit 0
 "#;
 
@@ -181,27 +188,12 @@ fn applets() -> &'static [String] {
     })
 }
 
-/// The `sandbox` binary, built on first use (`cargo build -p shim --bin sandbox`).
+/// The `sandbox` CLI. Tests that run it first check that it is built (tests do not build
+/// it): `require!(binaries::SANDBOX.path())`, a skip or, under CI, a failure.
 pub fn sandbox_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-q", "-p", "shim", "--bin", "sandbox"])
-            .env(
-                "CARGO_TARGET_DIR",
-                profile_dir.parent().expect("target dir"),
-            )
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p shim --bin sandbox failed");
-        profile_dir.join("sandbox")
-    })
-    .clone()
+    binaries::SANDBOX
+        .path()
+        .unwrap_or_else(|e| panic!("{e} (a test checks this with require! first)"))
 }
 
 /// A state root for one test, removed on drop.
@@ -293,4 +285,15 @@ pub fn leftovers(rootfs: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_prints_its_end_marker_last() {
+        let last = PROBE.lines().rev().find(|l| l.starts_with("echo")).unwrap();
+        assert_eq!(last, format!("echo \"{PROBE_END}\""));
+    }
 }

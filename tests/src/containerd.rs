@@ -2,7 +2,7 @@
 //! root, state and socket under /run, CRI with host networking, runtimes `runc` and `sandbox`).
 //!
 //! `start(name)` writes the config, puts the directory of `containerd-shim-sandbox-v2`
-//! (`$SANDBOX_SHIM_BIN`, else the newest of `<target>/{release,debug}/`) first on containerd's
+//! (`binaries::SHIM`: `$SANDBOX_SHIM_BIN`, else the target dir's newest build) first on containerd's
 //! PATH, passes the guest's `SANDBOX_*` settings on to the shims (with a private shim state
 //! root and image cache under the daemon's directory) and waits until `ctr version` answers.
 //! Dropping the `Containerd` stops it by PID (SIGTERM, SIGKILL after a grace period), kills
@@ -22,37 +22,10 @@ pub use config::{Config, Runtime};
 pub use ctr::Ctr;
 pub use daemon::{Builder, Containerd, Error};
 
-use crate::{artifacts, bundle, image};
+use crate::{artifacts, binaries, bundle, image};
 
 /// The CRI plugin's namespace.
 pub const CRI_NAMESPACE: &str = "k8s.io";
-/// Our shim's binary name, as containerd derives it from `io.containerd.sandbox.v2`.
-pub const SHIM_BINARY: &str = "containerd-shim-sandbox-v2";
-
-/// The shim binary: `$SANDBOX_SHIM_BIN`, else the newest of the target dir's release and debug
-/// builds (the target dir is the one holding the running test executable).
-pub fn shim_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SANDBOX_SHIM_BIN") {
-        return Some(p.into());
-    }
-    let mut targets = vec![artifacts::target_dir()];
-    if let Some(t) = exe_target_dir() {
-        targets.insert(0, t);
-    }
-    targets
-        .iter()
-        .flat_map(|t| ["release", "debug"].map(|p| t.join(p).join(SHIM_BINARY)))
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .max_by_key(|(mtime, _)| *mtime)
-        .map(|(_, p)| p)
-}
-
-/// `<target>` of a test executable at `<target>/<profile>/deps/<exe>`.
-fn exe_target_dir() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let deps = exe.parent()?;
-    (deps.file_name()? == "deps").then(|| deps.parent()?.parent().map(Path::to_owned))?
-}
 
 /// The first of the variables `names` that is set, else `default`.
 fn setting(names: &[&str], default: impl FnOnce() -> Option<PathBuf>) -> Option<String> {
@@ -74,10 +47,10 @@ pub fn private_dir(name: &str) -> PathBuf {
 pub fn builder(config: Config) -> Builder {
     let dir = config.dir.clone();
     let mut b = Builder::new(config);
-    if let Some(dir) = shim_binary().as_deref().and_then(Path::parent) {
+    if let Some(dir) = binaries::SHIM.path().ok().as_deref().and_then(Path::parent) {
         b = b.path_first(dir);
     }
-    let vmm = setting(&["SANDBOX_VMM"], || artifacts::sandbox_vmm().ok());
+    let vmm = setting(&["SANDBOX_VMM"], || binaries::VMM.path().ok());
     let kernel = setting(&["SANDBOX_KERNEL", "SANDBOX_VMLINUX"], || {
         artifacts::vmlinux().ok()
     });

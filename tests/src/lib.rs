@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod bare_guest;
+pub mod binaries;
 pub mod boot;
 pub mod bundle;
 pub mod containerd;

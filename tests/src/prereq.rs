@@ -17,12 +17,28 @@ pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
 
-/// The running test's name (libtest names each test's thread after it).
+/// The running test's name (libtest names each test's thread after it), after its test
+/// binary's: the same test name can be in several binaries.
 fn test_name() -> String {
-    std::thread::current()
+    let test = std::thread::current()
         .name()
         .unwrap_or("<unnamed test>")
-        .to_owned()
+        .to_owned();
+    let exe = std::env::current_exe().ok();
+    match exe.as_deref().and_then(|p| p.file_name()?.to_str()) {
+        Some(file) => format!("{}::{test}", test_binary(file)),
+        None => test,
+    }
+}
+
+/// `runtime_lifecycle` of cargo's `runtime_lifecycle-<16 hex digits>`.
+fn test_binary(file: &str) -> &str {
+    match file.rsplit_once('-') {
+        Some((name, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+            name
+        }
+        _ => file,
+    }
 }
 
 /// A prerequisite is missing: panics under CI; elsewhere records the skip and returns, and the
@@ -59,6 +75,7 @@ fn record_skip(name: &str, reason: &str, ci: bool, log: Option<&std::path::Path>
 /// `require!(condition, "why, when false", args...)`: returns from the test (a recorded skip,
 /// or a failure under CI) unless the condition holds.
 /// `require!(let PATTERN = EXPR, "why", args...)` binds on a match in the same way.
+/// `require!(RESULT)` evaluates to the `Ok` value, or skips with the error as the reason.
 #[macro_export]
 macro_rules! require {
     (let $pat:pat = $expr:expr, $($reason:tt)+) => {
@@ -71,6 +88,15 @@ macro_rules! require {
         if !$cond {
             $crate::prereq::skip(format!($($reason)+));
             return;
+        }
+    };
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(e) => {
+                $crate::prereq::skip(e);
+                return;
+            }
         }
     };
 }
@@ -89,6 +115,11 @@ mod tests {
         *reached = Some(v);
     }
 
+    fn needs_ok(value: Result<u32, String>, reached: &mut Option<u32>) {
+        let v = require!(value);
+        *reached = Some(v);
+    }
+
     #[test]
     fn require_passes_through_when_met() {
         let mut reached = false;
@@ -97,6 +128,9 @@ mod tests {
         let mut got = None;
         needs_some(Some(7), &mut got);
         assert_eq!(got, Some(7));
+        let mut got = None;
+        needs_ok(Ok(8), &mut got);
+        assert_eq!(got, Some(8));
     }
 
     #[test]
@@ -108,6 +142,21 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&log).unwrap(),
             "t1: no busybox\nt2: not root\n"
+        );
+    }
+
+    #[test]
+    fn a_test_is_named_after_its_binary() {
+        assert_eq!(
+            test_binary("runtime_lifecycle-4da0d4a502714762"),
+            "runtime_lifecycle"
+        );
+        assert_eq!(test_binary("e2e-cafe"), "e2e-cafe");
+        assert_eq!(test_binary("plain"), "plain");
+        assert!(
+            test_name().starts_with("sandbox_tests::prereq::tests::a_test_is_named"),
+            "{}",
+            test_name()
         );
     }
 

@@ -1,10 +1,8 @@
 //! The timed guest boot under real KVM: QEMU microvm (the reference) and our sandbox-vmm boot
 //! our vmlinux + root image and the agent reports ready. Runs in the lab (`cargo xtask test`).
 
-use std::path::PathBuf;
-
-use sandbox_tests::artifacts;
 use sandbox_tests::boot::{BootConfig, BootReport, Vmm, READY_MARKER};
+use sandbox_tests::{artifacts, binaries, require};
 
 fn boot(vmm: Vmm) -> BootReport {
     let config = BootConfig::new(
@@ -42,8 +40,6 @@ fn qemu_reference_boot_reaches_agent_ready() {
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn sandbox_vmm_boot_reaches_agent_ready() {
     // `cargo xtask test` builds the VMM and names it in SANDBOX_VMM.
-    let binary = std::env::var_os("SANDBOX_VMM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| artifacts::sandbox_vmm().unwrap());
+    let binary = require!(binaries::VMM.path());
     boot(Vmm::Sandbox { binary });
 }

@@ -16,9 +16,11 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use sandbox_tests::binaries;
 use sandbox_tests::bundle::unique;
 use sandbox_tests::containerd::{self, procs, Containerd, CRI_NAMESPACE};
 use sandbox_tests::image;
+use sandbox_tests::require;
 
 /// Where containerd 1.6's shims put their sockets (`/run/containerd/s/<hash>`).
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
@@ -198,15 +200,6 @@ impl Env {
 struct Pod {
     id: String,
     config: cri::PodSandboxConfig,
-}
-
-/// Fails the test early when our shim is not built (the sandbox handler needs it).
-fn assert_shim_built() {
-    assert!(
-        containerd::shim_binary().is_some(),
-        "{} is not built (cargo build --release -p shim, or set $SANDBOX_SHIM_BIN)",
-        containerd::SHIM_BINARY
-    );
 }
 
 fn shim_sockets() -> BTreeSet<PathBuf> {
@@ -397,7 +390,7 @@ fn cri_pod_lifecycle_with_runc() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn cri_pod_lifecycle_with_sandbox() {
-    assert_shim_built();
+    require!(binaries::paths(&[binaries::SHIM, binaries::VMM]));
     let env = Env::new("cri-sandbox");
     pod_lifecycle(&env, "sandbox", |env| {
         let vmms = env.vmms();
@@ -412,7 +405,7 @@ fn cri_pod_lifecycle_with_sandbox() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn cri_killed_shim_leaves_nothing_with_sandbox() {
-    assert_shim_built();
+    require!(binaries::paths(&[binaries::SHIM, binaries::VMM]));
     let env = Env::new("cri-kill9");
     let pod = env.run_pod("pod-kill9", "sandbox");
     let id = env.start_talking(&pod, "victim");
@@ -471,6 +464,6 @@ fn cri_restarted_containerd_reconnects_with_runc() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn cri_restarted_containerd_reconnects_with_sandbox() {
-    assert_shim_built();
+    require!(binaries::paths(&[binaries::SHIM, binaries::VMM]));
     restart_reconnects("sandbox");
 }

@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use sandbox_tests::binaries;
 use sandbox_tests::containerd::{self, procs, Containerd, Ctr};
 use sandbox_tests::image::BUSYBOX;
+use sandbox_tests::require;
 
 const NS: &str = "sbx-ctr";
 const RUNTIME: &str = "io.containerd.sandbox.v2";
@@ -22,8 +24,11 @@ const CLEANUP_LIMIT: Duration = Duration::from_secs(60);
 /// Longest a terminal session may take.
 const TTY_LIMIT: Duration = Duration::from_secs(240);
 
-fn daemon(name: &str) -> Containerd {
-    containerd::start(name, &[NS]).unwrap_or_else(|e| panic!("starting containerd: {e}"))
+/// A private containerd; fails when our shim or VMM is not built (the test then skips, or
+/// fails under CI: `require!(daemon(..))`).
+fn daemon(name: &str) -> Result<Containerd, binaries::Error> {
+    binaries::paths(&[binaries::SHIM, binaries::VMM])?;
+    Ok(containerd::start(name, &[NS]).unwrap_or_else(|e| panic!("starting containerd: {e}")))
 }
 
 /// The shim's state root of our namespace (one directory per task while it lives).
@@ -103,7 +108,7 @@ fn start_sleeping_task(d: &Containerd, ctr: &Ctr, id: &str) {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn ctr_run_returns_output_and_exit_code() {
-    let d = daemon("ctr-run");
+    let d = require!(daemon("ctr-run"));
     let ctr = d.ctr(NS);
     let out = run(
         &ctr,
@@ -130,7 +135,7 @@ fn ctr_run_returns_output_and_exit_code() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn ctr_exec_kill_and_delete() {
-    let d = daemon("ctr-exec");
+    let d = require!(daemon("ctr-exec"));
     let ctr = d.ctr(NS);
     let id = "ctr-exec-1";
     let events = Events::follow(&ctr);
@@ -288,7 +293,7 @@ impl Drop for Events {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn ctr_run_with_a_terminal() {
-    let d = daemon("ctr-tty");
+    let d = require!(daemon("ctr-tty"));
     let ctr = d.ctr(NS);
     let pty = nix::pty::openpty(None, None).expect("openpty");
     let slave = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("dup pty slave"));
@@ -361,7 +366,7 @@ fn ctr_run_with_a_terminal() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn killing_the_shim_leaves_nothing_behind() {
-    let d = daemon("ctr-kill9");
+    let d = require!(daemon("ctr-kill9"));
     let ctr = d.ctr(NS);
     let id = "ctr-kill9-1";
     start_sleeping_task(&d, &ctr, id);

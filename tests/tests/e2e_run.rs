@@ -1,8 +1,9 @@
 //! End to end: `sandbox` (microVM backend) runs busybox bundles in microVMs; output, exit codes,
 //! stdin, tty, exec, ps, kill, state, delete, cleanup. Needs real KVM: run in the lab.
 //!
-//! Binaries: `$SANDBOX_BIN` / `$SANDBOX_VMM`, else `<target>/release/{sandbox,sandbox-vmm}`
-//! (`cargo build --release -p shim -p vmm`); the guest from `target/guest` (`cargo xtask setup`).
+//! Binaries: `$SANDBOX_BIN` / `$SANDBOX_VMM` (`cargo xtask test` builds and names them), else
+//! the target dir's newest build (`sandbox_tests::binaries`); the guest from `target/guest`
+//! (`cargo xtask setup`).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,46 +12,41 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use sandbox_tests::artifacts;
 use sandbox_tests::bundle::{unique, Bundle};
+use sandbox_tests::{artifacts, binaries, require};
 use serde_json::{json, Value};
 
 /// Longest a single `sandbox` command may take before the test calls it hung.
 const HANG_LIMIT: Duration = Duration::from_secs(180);
-
-fn release_bin(var: &str, name: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(var) {
-        return p.into();
-    }
-    let p = artifacts::target_dir().join("release").join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: cargo build --release -p shim -p vmm (or set ${var})",
-        p.display()
-    );
-    p
-}
+/// Longest a container may take to reach the status a test waits for.
+const STATUS_LIMIT: Duration = Duration::from_secs(240);
 
 /// A private state root and image cache; checks on drop that nothing is left.
 struct Env {
     root: PathBuf,
     cache: PathBuf,
+    sandbox: PathBuf,
+    vmm: PathBuf,
 }
 
 impl Env {
-    fn new(name: &str) -> Env {
+    /// Fails when the `sandbox` CLI or the VMM is not built (the test then skips, or fails
+    /// under CI: `require!(Env::new(..))`).
+    fn new(name: &str) -> Result<Env, binaries::Error> {
         let base = Path::new("/run").join(unique(&format!("e2e-{name}")));
-        Env {
+        Ok(Env {
             root: base.join("root"),
             cache: base.join("images"),
-        }
+            sandbox: binaries::SANDBOX.path()?,
+            vmm: binaries::VMM.path()?,
+        })
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new(release_bin("SANDBOX_BIN", "sandbox"));
+        let mut c = Command::new(&self.sandbox);
         c.arg("--root")
             .arg(&self.root)
-            .env("SANDBOX_VMM", release_bin("SANDBOX_VMM", "sandbox-vmm"))
+            .env("SANDBOX_VMM", &self.vmm)
             .env("SANDBOX_KERNEL", artifacts::vmlinux().expect("vmlinux"))
             .env("SANDBOX_ROOTFS", artifacts::rootfs().expect("rootfs"))
             .env("SANDBOX_IMAGE_CACHE", &self.cache)
@@ -115,9 +111,16 @@ impl Env {
     }
 
     /// Polls `state` until the container exists with status `want`; fails if `cli` (the
-    /// command running the container) ends first.
+    /// command running the container) ends first, or after `STATUS_LIMIT`.
     fn wait_status(&self, id: &str, want: &str, mut cli: Option<&mut Child>) -> Value {
+        let begin = std::time::Instant::now();
+        let mut last = String::new();
         loop {
+            assert!(
+                begin.elapsed() < STATUS_LIMIT,
+                "container {id} did not become {want} within {} s; last state: {last}",
+                STATUS_LIMIT.as_secs()
+            );
             if let Some(cli) = cli.as_mut() {
                 if let Some(status) = cli.try_wait().unwrap() {
                     let mut stderr = String::new();
@@ -133,6 +136,9 @@ impl Env {
                 if s["status"] == want {
                     return s;
                 }
+                last = s.to_string();
+            } else {
+                last = show(&out);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -218,7 +224,7 @@ fn vmm_alive(pid: i64) -> bool {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn run_returns_output_and_exit_code_and_removes_everything() {
-    let env = Env::new("run");
+    let env = require!(Env::new("run"));
     let b = bundle("e2e-run", "echo out; echo err >&2; exit 7");
     let out = env.sandbox(&["run", path_str(b.path())]);
     assert_eq!(out.status.code(), Some(7), "{}", show(&out));
@@ -242,7 +248,7 @@ fn the_container_image_is_mapped_with_dax_not_read_into_guest_ram() {
     // The image is a virtio-pmem device mounted with DAX: reading all of busybox (about 2 MB)
     // leaves the guest's page cache as it was. Through virtio-blk, or with an image whose file
     // tails are inlined (no DAX for such files), the whole file would land in it.
-    let env = Env::new("dax");
+    let env = require!(Env::new("dax"));
     let b = bundle(
         "e2e-dax",
         "cat /proc/meminfo; cat /bin/busybox > /dev/null; echo ---; cat /proc/meminfo; \
@@ -287,7 +293,7 @@ fn an_idle_detached_sandbox_is_trimmed_and_keeps_working() {
     // The VMM unmaps the pages the guest read while starting 1 s after a detached start: the
     // agent and busybox pages (the root and container images, both erofs on virtio-pmem) leave
     // its address space, and the guest maps again what it touches next.
-    let env = Env::new("trim");
+    let env = require!(Env::new("trim"));
     let b = bundle("e2e-trim", "exec sleep 1000");
     env.ok(&["run", "-d", "-b", path_str(b.path()), "trim"]);
     let vmm = env.state("trim")["pid"].as_i64().unwrap();
@@ -317,7 +323,7 @@ fn an_idle_detached_sandbox_is_trimmed_and_keeps_working() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn container_sees_the_guest_kernel_and_nothing_of_the_host() {
-    let env = Env::new("isolation");
+    let env = require!(Env::new("isolation"));
     let marker = Path::new("/var/tmp").join(unique("e2e-host-marker"));
     fs::write(&marker, "host").unwrap();
     let host_sleep = Command::new("sleep").arg("4321").spawn().unwrap();
@@ -349,7 +355,7 @@ fn container_sees_the_guest_kernel_and_nothing_of_the_host() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn guest_ram_is_the_default_plus_the_container_memory_limit() {
-    let env = Env::new("memsize");
+    let env = require!(Env::new("memsize"));
     let mem_total_mib = |limit: Option<u64>| {
         let b = bundle("e2e-memsize", "grep MemTotal /proc/meminfo");
         if let Some(bytes) = limit {
@@ -378,7 +384,7 @@ fn guest_ram_is_the_default_plus_the_container_memory_limit() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn stdin_reaches_the_container_and_ends_with_eof() {
-    let env = Env::new("stdin");
+    let env = require!(Env::new("stdin"));
     let b = bundle("e2e-stdin", "cat; echo end");
     let input: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     let mut child = env
@@ -412,7 +418,7 @@ fn stdin_reaches_the_container_and_ends_with_eof() {
 fn large_output_arrives_intact_and_in_order() {
     // seq 1 13000000: 13 M lines, 105.9 MB.
     const LINES: u64 = 13_000_000;
-    let env = Env::new("large");
+    let env = require!(Env::new("large"));
     let b = bundle("e2e-large", &format!("seq 1 {LINES}"));
     let mut child = env
         .cmd()
@@ -447,7 +453,7 @@ fn large_output_arrives_intact_and_in_order() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn lifecycle_create_start_exec_ps_kill_delete_with_state_transitions() {
-    let env = Env::new("lifecycle");
+    let env = require!(Env::new("lifecycle"));
     let b = bundle("e2e-life", "exec sleep 1000");
     let pid_file = env.root.parent().unwrap().join("pid");
     fs::create_dir_all(pid_file.parent().unwrap()).unwrap();
@@ -527,7 +533,7 @@ fn lifecycle_create_start_exec_ps_kill_delete_with_state_transitions() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn foreground_run_killed_from_outside_exits_137() {
-    let env = Env::new("kill");
+    let env = require!(Env::new("kill"));
     let b = bundle("e2e-kill", "echo started; exec sleep 1000");
     let mut child = env
         .cmd()
@@ -547,7 +553,7 @@ fn foreground_run_killed_from_outside_exits_137() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn two_sandboxes_at_once_then_list_is_empty() {
-    let env = Env::new("two");
+    let env = require!(Env::new("two"));
     // Each waits for a line on stdin, so both are running together.
     let b1 = bundle("e2e-two-a", "read x; echo one $x; exit 1");
     let b2 = bundle("e2e-two-b", "read x; echo two $x; exit 2");
@@ -583,7 +589,7 @@ fn two_sandboxes_at_once_then_list_is_empty() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn kill_9_of_the_cli_then_delete_force_leaves_nothing() {
-    let env = Env::new("orphan");
+    let env = require!(Env::new("orphan"));
     let b = bundle("e2e-orphan", "exec sleep 1000");
     let mut cli = env
         .cmd()
@@ -612,7 +618,7 @@ fn kill_9_of_the_cli_then_delete_force_leaves_nothing() {
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn tty_reports_its_size_and_follows_resizes() {
     use nix::pty::{openpty, Winsize};
-    let env = Env::new("tty");
+    let env = require!(Env::new("tty"));
     let b = bundle("e2e-tty", "stty size; while read x; do stty size; done");
     b.edit(|c| c["process"]["terminal"] = json!(true));
     let size = |rows, cols| Winsize {
@@ -653,12 +659,10 @@ fn tty_reports_its_size_and_follows_resizes() {
         }
     };
     read_until(&mut master, "20 70", &mut seen);
-    // SAFETY: TIOCSWINSZ reads one winsize from the pointer; the fd is the open master.
     let ws = size(30, 90);
-    assert_eq!(
-        unsafe { libc::ioctl(master.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) },
-        0
-    );
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer; the fd is the open master.
+    let rc = unsafe { libc::ioctl(master.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(rc, 0);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGWINCH,
@@ -723,7 +727,7 @@ fn stats_of(env: &Env, id: &str) -> Value {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn pause_resume_stats_and_update_of_a_running_container() {
-    let env = Env::new("pause");
+    let env = require!(Env::new("pause"));
     let b = bundle(
         "e2e-pause",
         "i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done",
@@ -824,7 +828,7 @@ fn pause_resume_stats_and_update_of_a_running_container() {
 #[test]
 #[ignore = "needs real KVM: run by cargo xtask test in the lab"]
 fn a_container_over_its_memory_limit_yields_an_oom_event() {
-    let env = Env::new("oom");
+    let env = require!(Env::new("oom"));
     // tail keeps a line that never ends: it grows until the limit kills it.
     let b = bundle("e2e-oom", "sleep 1; exec tail /dev/zero");
     b.edit(|c| c["linux"]["resources"]["memory"] = json!({"limit": 24 << 20}));
@@ -888,7 +892,7 @@ fn create_with_console_socket_hands_over_a_pty_that_carries_the_container_termin
     use std::os::fd::FromRawFd;
     use std::os::unix::net::UnixListener;
 
-    let env = Env::new("console");
+    let env = require!(Env::new("console"));
     let b = bundle(
         "e2e-console",
         "echo hello-tty; while read x; do echo got-$x; stty size; done",

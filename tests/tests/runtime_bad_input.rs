@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
+use sandbox_tests::binaries;
 use sandbox_tests::bundle::{leftovers, sandbox, unique, Bundle, StateRoot};
+use sandbox_tests::require;
 use serde_json::{json, Value};
 
 /// Creates a container from a bundle edited by `edit` and checks the error and cleanup.
@@ -13,7 +15,10 @@ fn rejects(name: &str, edit: impl FnOnce(&mut Value), expected: &str) {
     rejects_bundle(&b, expected);
 }
 
+/// The test's last call: a `sandbox` CLI that is not built ends the test here (a skip, or a
+/// failure under CI).
 fn rejects_bundle(b: &Bundle, expected: &str) {
+    require!(binaries::SANDBOX.path());
     let root = StateRoot::new("bad");
     let id = unique("bad");
     let out = sandbox(
@@ -575,6 +580,7 @@ fn time_offsets_without_time_namespace() {
 
 #[test]
 fn invalid_container_id() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("badid");
     let root = StateRoot::new("badid");
     let out = sandbox(

@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
+use sandbox_tests::binaries;
 use sandbox_tests::bundle::{leftovers, sandbox_bin, unique, Bundle, StateRoot};
+use sandbox_tests::require;
 use serde_json::json;
 
 /// Runs `script` with `sh` in a new private mount namespace where cgroup2 is mounted on
@@ -61,6 +63,7 @@ fn line<'a>(out: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn placement_freeze_ps_stats_kill_and_removal() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("cg");
     let id = unique("cg");
     let cg = format!("/{id}");
@@ -82,7 +85,9 @@ $S pause $ID && echo "paused: $($S state $ID | grep -o '"status": "[a-z]*"') fre
 $S resume $ID && echo "resumed: $($S state $ID | grep -o '"status": "[a-z]*"') freeze=$(cat /sys/fs/cgroup{cg}/cgroup.freeze)"
 echo "stats: $($S events --stats $ID)"
 $S kill --all $ID KILL
-echo "procs-after-kill: $(while [ -n "$(cat /sys/fs/cgroup{cg}/cgroup.procs)" ]; do sleep 0.01; done)empty"
+n=0; while [ -n "$(cat /sys/fs/cgroup{cg}/cgroup.procs)" ] && [ $n -lt 1000 ]; do sleep 0.01; n=$((n+1)); done
+left=$(cat /sys/fs/cgroup{cg}/cgroup.procs | tr '\n' ' ')
+echo "procs-after-kill: ${{left:-empty}}"
 n=0; while ! $S state $ID | grep -q stopped && [ $n -lt 1000 ]; do sleep 0.01; n=$((n+1)); done
 echo "after-kill: $($S state $ID | grep -o '"status": "[a-z]*"')"
 $S delete $ID && echo "deleted: $(test -d /sys/fs/cgroup{cg} && echo cgroup-left || echo cgroup-removed)"
@@ -113,6 +118,7 @@ true
 /// on a host where the controller is available the limit must land in the cgroup.
 #[test]
 fn limits_need_their_controller() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("cglimit");
     let id = unique("cglimit");
     let cg = format!("/{id}");
@@ -165,6 +171,7 @@ true
 /// land in the container's cgroup (and on a host without it, be refused naming the field).
 #[test]
 fn hugetlb_limit_lands_in_the_cgroup() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("cghuge");
     let id = unique("cghuge");
     let cg = format!("/{id}");

@@ -7,8 +7,13 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Output;
 
+use sandbox_tests::binaries;
 use sandbox_tests::bundle::{leftovers, sandbox, unique, Bundle, StateRoot, BASE};
+use sandbox_tests::require;
 use serde_json::{json, Value};
+
+/// Longest a test waits for output on a container's terminal.
+const PTY_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn ok(out: Output) -> String {
     assert!(
@@ -36,6 +41,7 @@ fn wait_status(root: &Path, id: &str, want: &str) {
 
 #[test]
 fn create_start_exec_ps_list_kill_delete() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("life");
     b.edit(|c| c["process"]["args"] = json!(["sleep", "1000"]));
     let root = StateRoot::new("life");
@@ -143,6 +149,7 @@ fn create_start_exec_ps_list_kill_delete() {
 
 #[test]
 fn delete_force_kills_a_running_container() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("force");
     b.edit(|c| c["process"]["args"] = json!(["sleep", "1000"]));
     let root = StateRoot::new("force");
@@ -164,6 +171,7 @@ fn delete_force_kills_a_running_container() {
 
 #[test]
 fn delete_created_container_without_force() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("created");
     let root = StateRoot::new("created");
     let id = unique("created");
@@ -194,6 +202,7 @@ fn run_exit_code(name: &str, edit: impl FnOnce(&mut Value)) -> Option<i32> {
 
 #[test]
 fn run_returns_the_exit_status() {
+    require!(binaries::SANDBOX.path());
     assert_eq!(
         run_exit_code("exit3", |c| c["process"]["args"] =
             json!(["sh", "-c", "exit 3"])),
@@ -207,6 +216,7 @@ fn run_returns_the_exit_status() {
 
 #[test]
 fn run_returns_128_plus_signal() {
+    require!(binaries::SANDBOX.path());
     let no_pidns = |c: &mut Value, script: &str| {
         c["linux"]["namespaces"]
             .as_array_mut()
@@ -226,6 +236,7 @@ fn run_returns_128_plus_signal() {
 
 #[test]
 fn domainname_is_set() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("domain");
     b.edit(|c| {
         c["domainname"] = json!("example.org");
@@ -241,6 +252,7 @@ fn domainname_is_set() {
 
 #[test]
 fn all_six_hooks_run_with_the_state() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("hooks");
     let out_dir = b.path().join("hooks-out");
     std::fs::create_dir(&out_dir).unwrap();
@@ -308,11 +320,26 @@ fn receive_pty(listener: &UnixListener) -> OwnedFd {
     panic!("no fd received on the console socket");
 }
 
+/// Reads the pty until `needle` arrived (or the terminal closed); fails after `PTY_LIMIT`.
 fn read_until(master: OwnedFd, needle: &str) -> String {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + PTY_LIMIT;
     let mut f = std::fs::File::from(master);
     let mut seen = String::new();
     let mut buf = [0u8; 1024];
     while !seen.contains(needle) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let wait = PollTimeout::from(u16::try_from(left.as_millis()).unwrap_or(u16::MAX));
+        let ready = poll(&mut [PollFd::new(f.as_fd(), PollFlags::POLLIN)], wait).unwrap_or(0);
+        assert!(
+            ready > 0 || !left.is_zero(),
+            "no {needle:?} on the pty within {} s; got {seen:?}",
+            PTY_LIMIT.as_secs()
+        );
+        if ready == 0 {
+            continue;
+        }
         match f.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
@@ -323,6 +350,7 @@ fn read_until(master: OwnedFd, needle: &str) -> String {
 
 #[test]
 fn console_socket_receives_the_pty() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("tty");
     b.edit(|c| {
         c["process"]["terminal"] = json!(true);
@@ -385,8 +413,9 @@ fn console_socket_receives_the_pty() {
 
 #[test]
 fn no_vm_flag_is_accepted_after_the_subcommand() {
+    let sandbox_bin = require!(binaries::SANDBOX.path());
     let root = StateRoot::new("flagpos");
-    let out = std::process::Command::new(sandbox_tests::bundle::sandbox_bin())
+    let out = std::process::Command::new(&sandbox_bin)
         .args([
             "list",
             "--root",
@@ -401,7 +430,7 @@ fn no_vm_flag_is_accepted_after_the_subcommand() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let help = std::process::Command::new(sandbox_tests::bundle::sandbox_bin())
+    let help = std::process::Command::new(&sandbox_bin)
         .arg("--help")
         .output()
         .unwrap();
@@ -410,6 +439,7 @@ fn no_vm_flag_is_accepted_after_the_subcommand() {
 
 #[test]
 fn joins_namespaces_by_path() {
+    require!(binaries::SANDBOX.path());
     let a = Bundle::new("ns-a");
     a.edit(|c| {
         c["hostname"] = json!("shared-uts");
@@ -461,6 +491,7 @@ fn joins_namespaces_by_path() {
 
 #[test]
 fn time_namespace_offsets() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("timens");
     b.edit(|c| {
         c["linux"]["namespaces"]
@@ -502,6 +533,7 @@ impl Drop for ForceDelete {
 
 #[test]
 fn run_in_the_foreground_proxies_a_terminal() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("fg-tty");
     b.edit(|c| {
         c["process"]["terminal"] = json!(true);
@@ -528,6 +560,7 @@ fn run_in_the_foreground_proxies_a_terminal() {
 #[test]
 fn run_forwards_signals_to_the_container() {
     use std::io::BufRead;
+    let sandbox_bin = require!(binaries::SANDBOX.path());
     let b = Bundle::new("sigfwd");
     b.edit(|c| {
         c["process"]["args"] = json!([
@@ -539,7 +572,7 @@ fn run_forwards_signals_to_the_container() {
     let root = StateRoot::new("sigfwd");
     let id = unique("sigfwd");
     let _guard = ForceDelete(root.path().to_path_buf(), id.clone());
-    let mut child = std::process::Command::new(sandbox_tests::bundle::sandbox_bin())
+    let mut child = std::process::Command::new(&sandbox_bin)
         .args([
             "--no-vm",
             "--root",
@@ -567,6 +600,7 @@ fn run_forwards_signals_to_the_container() {
 
 #[test]
 fn delete_of_a_create_that_died_early() {
+    require!(binaries::SANDBOX.path());
     let b = Bundle::new("crashed");
     let root = StateRoot::new("crashed");
     let id = unique("crashed");

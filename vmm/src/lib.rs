@@ -3,7 +3,6 @@
 // Outside tests a failure is an error the caller sees, never a panic; a poisoned lock may
 // keep `expect` with its reason.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
-#![deny(clippy::undocumented_unsafe_blocks)]
 pub mod api;
 pub mod arch;
 pub mod builder;

@@ -1,7 +1,6 @@
 //! The `sandbox-vmm` binary: parses the configuration, builds the microVM and runs it.
 //! Exit status 0 when the guest powers off or reboots, 1 with the reason otherwise.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
-#![deny(clippy::undocumented_unsafe_blocks)]
 use std::process::ExitCode;
 use std::time::Instant;
 

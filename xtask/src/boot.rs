@@ -95,16 +95,23 @@ pub fn build_release(bins: &[(&str, &str)]) -> Result<()> {
         }
         calls.push(args);
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     for args in calls {
-        let status = Command::new(&cargo)
-            .args(&args)
-            .current_dir(artifacts::workspace_root())
-            .status()
-            .context("running cargo build --release")?;
-        if !status.success() {
-            bail!("cargo {} failed ({status})", args.join(" "));
-        }
+        run_cargo(&args)?;
+    }
+    Ok(())
+}
+
+/// `cargo ARGS` in the workspace root, with the cargo that runs us; an error if it fails.
+pub fn run_cargo<S: AsRef<str>>(args: &[S]) -> Result<()> {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(&args)
+        .current_dir(artifacts::workspace_root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Shared harness of the agent's host tests: one agent process on private Unix sockets,
-//! driven by the shim's client, shut down and reaped on drop.
+//! driven by the tests' own client (client.rs), shut down and reaped on drop.
 #![allow(dead_code)]
+
+pub mod client;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -8,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use shim::agent_client::{AgentClient, Endpoint, StdioSet, StreamKind};
+use client::{AgentClient, Endpoint, StdioSet, StreamKind};
 
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 

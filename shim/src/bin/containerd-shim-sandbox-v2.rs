@@ -1,4 +1,5 @@
-//! containerd-shim-sandbox-v2: containerd's runtime `io.containerd.sandbox.v2`.
+//! containerd-shim-sandbox-v2: containerd's runtime `io.containerd.sandbox.v2`. With no
+//! action it serves the Task API (`shimv2::serve`); `start` and `delete` are one-shot.
 
 use shim::shimv2::{self, config, serve, start};
 

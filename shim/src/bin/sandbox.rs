@@ -1,5 +1,5 @@
-//! `sandbox`: the runc-compatible command line. With `--no-vm` the container runs on this
-//! host (runc-level isolation); otherwise in a microVM (not available yet).
+//! `sandbox`: the runc-compatible command line. Each container runs in its own microVM, or
+//! with `--no-vm` directly on this host (runc-level isolation).
 
 use clap::Parser;
 use shim::cli::{self, Cli};

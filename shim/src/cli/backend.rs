@@ -1,5 +1,5 @@
-//! The split between the no-VM backend (runtime crate on this host) and the microVM backend
-//! (host controller + agent, issue 6): one trait, chosen by `--no-vm`.
+//! The split between the microVM backend (`vm.rs`: host controller + agent) and the no-VM
+//! backend (`novm.rs`: runtime crate on this host): one trait, chosen by `--no-vm`.
 
 use std::path::PathBuf;
 
@@ -14,9 +14,6 @@ pub enum CliError {
     /// The runtime refused or failed.
     #[error(transparent)]
     Runtime(#[from] runtime::Error),
-    /// The microVM backend is not there yet.
-    #[error("the microVM path is not available yet; use --no-vm")]
-    VmUnavailable,
     /// The microVM backend (host controller) failed.
     #[error(transparent)]
     Controller(#[from] crate::controller::Error),
@@ -59,48 +56,6 @@ pub trait Backend {
     fn events(&self, a: &EventsArgs) -> Result<(), CliError>;
     /// `update`: new cgroup limits.
     fn update(&self, a: &UpdateArgs) -> Result<(), CliError>;
-}
-
-/// The microVM backend: added by the host controller (issue 6).
-pub struct MicroVm;
-
-impl Backend for MicroVm {
-    fn run(&self, _: &RunArgs) -> Result<i32, CliError> {
-        Err(CliError::VmUnavailable)
-    }
-    fn create(&self, _: &CreateArgs) -> Result<(), CliError> {
-        Err(CliError::VmUnavailable)
-    }
-    fn start(&self, _: &str) -> Result<(), CliError> {
-        Err(CliError::VmUnavailable)
-    }
-    fn state(&self, _: &str) -> Result<(), CliError> {
-        Err(CliError::VmUnavailable)
-    }
-    fn kill(&self, _: &KillArgs) -> Result<(), CliError> {
-        Err(CliError::VmUnavailable)
-    }
-    fn delete(&self, _: &DeleteArgs) -> Result<(), CliError> {
-        Err(CliError::VmUnavailable)
-    }
-    fn exec(&self, _: &ExecArgs) -> Result<i32, CliError> {
-        Err(CliError::VmUnavailable)
-    }
-    fn ps(&self, _: &PsArgs) -> Result<(), CliError> {
-        Err(CliError::VmUnavailable)
-    }
-    fn list(&self, _: &ListArgs) -> Result<(), CliError> {
-        Err(CliError::VmUnavailable)
-    }
-    fn pause(&self, _: &str, _: bool) -> Result<(), CliError> {
-        Err(CliError::VmUnavailable)
-    }
-    fn events(&self, _: &EventsArgs) -> Result<(), CliError> {
-        Err(CliError::VmUnavailable)
-    }
-    fn update(&self, _: &UpdateArgs) -> Result<(), CliError> {
-        Err(CliError::VmUnavailable)
-    }
 }
 
 /// Picks the backend for the command line.

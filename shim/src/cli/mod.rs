@@ -1,9 +1,10 @@
 //! The `sandbox` command line: runc's command names, flags and exit codes, with a backend
-//! chosen by `--no-vm` (host namespaces only) or the microVM path (issue 6).
+//! chosen by `--no-vm` (host namespaces only) or, by default, the microVM path.
 
 pub mod backend;
 pub mod events;
 pub mod novm;
+pub mod signal;
 pub mod spec;
 pub mod update;
 pub mod vm;

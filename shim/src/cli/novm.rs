@@ -2,14 +2,15 @@
 //! State lives under `--root` (default /run/sandbox-novm).
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use runtime::{Container, CreateOptions, ExecOptions, Process, State};
 
+use crate::controller::signals;
+
 use super::backend::{Backend, CliError};
+use super::signal::parse_signal;
 use super::{
     CreateArgs, DeleteArgs, EventsArgs, ExecArgs, KillArgs, ListArgs, PsArgs, RunArgs, UpdateArgs,
 };
@@ -58,21 +59,6 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<(), CliError> {
     })
 }
 
-/// Parses "KILL", "SIGKILL" or "9".
-pub fn parse_signal(s: &str) -> Result<Signal, CliError> {
-    let bad = || CliError::Usage(format!("unknown signal {s:?}"));
-    if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| bad());
-    }
-    let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    Signal::from_str(&name).map_err(|_| bad())
-}
-
 /// runc's view of the state (without the runtime's bookkeeping fields). Like runc, `state`
 /// leaves `owner` empty and `list` fills it in.
 fn state_json(s: &State, with_owner: bool) -> serde_json::Value {
@@ -92,35 +78,16 @@ fn state_json(s: &State, with_owner: bool) -> serde_json::Value {
     v
 }
 
-/// The signals `run` and `exec` forward to the container.
-fn forwarded() -> nix::sys::signal::SigSet {
-    let mut set = nix::sys::signal::SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
-        set.add(s);
-    }
-    set
-}
-
 /// Blocks the forwarded signals before the container exists, so one that arrives while it
 /// starts is delivered to it instead of killing us. (The runtime clears the mask before exec.)
 fn block_forwarded() {
-    let _ = forwarded().thread_block();
+    let _ = signals::block(signals::FORWARDED);
 }
 
 /// Forwards the blocked signals to `pid` from a helper thread while we wait.
 fn forward_signals(pid: i32) {
-    let set = forwarded();
-    std::thread::spawn(move || loop {
-        if let Ok(sig) = set.wait() {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
-        }
+    signals::spawn_forwarder(signals::set_of(signals::FORWARDED), move |sig| {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
     });
 }
 
@@ -506,18 +473,5 @@ mod console {
                 let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, t);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals_parse_like_runc() {
-        assert_eq!(parse_signal("KILL").unwrap(), Signal::SIGKILL);
-        assert_eq!(parse_signal("SIGUSR1").unwrap(), Signal::SIGUSR1);
-        assert_eq!(parse_signal("15").unwrap(), Signal::SIGTERM);
-        assert!(parse_signal("BOGUS").is_err());
     }
 }

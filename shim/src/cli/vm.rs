@@ -4,10 +4,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::controller::{self, Config, ExecRequest, Record, Sandbox, Status};
+use runtime::Status;
+
+use crate::controller::{self, Config, ExecRequest, Record, Sandbox};
 
 use super::backend::{Backend, CliError};
-use super::novm::parse_signal;
+use super::signal::parse_signal;
 use super::{
     CreateArgs, DeleteArgs, EventsArgs, ExecArgs, KillArgs, ListArgs, PsArgs, RunArgs, UpdateArgs,
 };
@@ -44,7 +46,7 @@ fn state_json(r: &Record, status: Status) -> serde_json::Value {
         "ociVersion": r.oci_version,
         "id": r.id,
         "pid": r.pid,
-        "status": status.as_str(),
+        "status": status.to_string(),
         "bundle": r.bundle,
         "rootfs": r.rootfs,
         "created": r.created,
@@ -231,7 +233,7 @@ impl Backend for Vm {
                 "{:<17} {:<11} {:<11} {:<27} {:<32} {}",
                 r.id,
                 r.pid,
-                s.as_str(),
+                s.to_string(),
                 r.bundle.display(),
                 r.created,
                 if r.owner.is_empty() { "root" } else { &r.owner }

@@ -121,7 +121,7 @@ impl GuestRoot {
     }
 
     /// The guest device of the container's image, the virtio-pmem device after this root's
-    /// (`Vmm::spawn_with_disks`): pmem1 behind a root image, pmem0 with an initramfs.
+    /// (`Vmm::spawn`): pmem1 behind a root image, pmem0 with an initramfs.
     pub fn container_image_device(&self) -> &'static str {
         match self {
             GuestRoot::Image(_) => "pmem1",

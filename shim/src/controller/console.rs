@@ -14,12 +14,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::pty::openpty;
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use nix::sys::termios::{self, SetArg};
 
 use crate::agent_client::{AgentClient, Endpoint, StdioStream};
 
+use super::signals;
 use super::tty::window_size;
 
 /// The relay's descriptors: the attached tty stream and the pty slave.
@@ -136,10 +137,7 @@ pub fn relay_main(target: &RelayTarget) -> io::Result<()> {
     let slave = unsafe { OwnedFd::from_raw_fd(SLAVE_FD) };
     // Window changes arrive as SIGWINCH once the slave is our controlling terminal; a
     // hang-up of the master must not kill us before the guest's output is drained.
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGWINCH);
-    set.add(Signal::SIGHUP);
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+    let set = signals::block(&[Signal::SIGWINCH, Signal::SIGHUP])?;
     // SAFETY: TIOCSCTTY with a valid fd, from the session leader setsid made us.
     if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
         tracing::warn!("tty-relay: TIOCSCTTY: {}", io::Error::last_os_error());
@@ -171,13 +169,11 @@ pub fn relay_main(target: &RelayTarget) -> io::Result<()> {
     std::thread::spawn(move || {
         let mut client = None;
         resize(&mut client);
-        loop {
-            match set.wait() {
-                Ok(Signal::SIGWINCH) => resize(&mut client),
-                Ok(_) => {}
-                Err(_) => return,
+        signals::wait_each(&set, |sig| {
+            if sig == Signal::SIGWINCH {
+                resize(&mut client);
             }
-        }
+        });
     });
     let mut to_guest = File::from(stream.try_clone()?);
     let mut from_host = File::from(slave.try_clone()?);
@@ -212,6 +208,20 @@ pub fn relay_main(target: &RelayTarget) -> io::Result<()> {
             if out.write_all(&buf[..n]).is_err() {
                 to_host = None;
             }
+        }
+    }
+}
+
+/// Lets the relay `pid` pass the last output on (it ends at the guest terminal's EOF), at
+/// most a few seconds, then reaps it.
+pub fn wait_relay(pid: u32) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let begin = std::time::Instant::now();
+    while begin.elapsed() < Duration::from_secs(5) {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(20)),
+            _ => return,
         }
     }
 }

@@ -5,26 +5,18 @@
 //! share the VM's [`AgentClient`]) and one [`super::events::EventListener`] per VM.
 
 use protocol::agent::{ContainerStatus, ProcessInfo};
+use runtime::Status;
 
 use crate::agent_client::{AgentClient, ExitStatus, StdioSet, StdioStream, StreamKind};
 
 use super::stats::ContainerStats;
 use super::Error;
 
-/// A container's state as the guest sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LiveStatus {
-    Created,
-    Running,
-    Paused,
-    Stopped,
-    Unknown,
-}
-
 /// `ContainerState` in plain values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveState {
-    pub status: LiveStatus,
+    /// The status as the guest sees it; `None` when the agent reports none it knows.
+    pub status: Option<Status>,
     /// The init's pid in the guest.
     pub pid: u32,
     /// Set once the init has ended.
@@ -89,14 +81,8 @@ impl ContainerHandle {
     /// Live status, init pid and exit status.
     pub fn state(&self) -> Result<LiveState, Error> {
         let s = self.client.container_state(&self.id)?;
-        let status = match s.status.enum_value_or_default() {
-            ContainerStatus::CREATED => LiveStatus::Created,
-            ContainerStatus::RUNNING => LiveStatus::Running,
-            ContainerStatus::PAUSED => LiveStatus::Paused,
-            ContainerStatus::STOPPED => LiveStatus::Stopped,
-            ContainerStatus::UNKNOWN => LiveStatus::Unknown,
-        };
-        let exit = (status == LiveStatus::Stopped && s.exit.is_some())
+        let status = status_from_proto(s.status.enum_value_or_default());
+        let exit = (status == Some(Status::Stopped) && s.exit.is_some())
             .then(|| ExitStatus::from_proto(&s.exit));
         Ok(LiveState {
             status,
@@ -159,5 +145,16 @@ impl ContainerHandle {
     /// Removes the container from the guest (`force`: kill it first).
     pub fn remove(&self, force: bool) -> Result<(), Error> {
         Ok(self.client.remove_container(&self.id, force)?)
+    }
+}
+
+/// The agent's container status as the runtime's (`None`: the agent reported `UNKNOWN`).
+pub fn status_from_proto(status: ContainerStatus) -> Option<Status> {
+    match status {
+        ContainerStatus::CREATED => Some(Status::Created),
+        ContainerStatus::RUNNING => Some(Status::Running),
+        ContainerStatus::PAUSED => Some(Status::Paused),
+        ContainerStatus::STOPPED => Some(Status::Stopped),
+        ContainerStatus::UNKNOWN => None,
     }
 }

@@ -1,27 +1,30 @@
 //! The container lifecycle on top of the VM, the image cache and the state root: create,
-//! start, run in the foreground, exec, kill, state, delete; what runc's commands need.
+//! start, run in the foreground, kill, pause, state, delete; what runc's commands need.
 
 use std::fs;
-use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use protocol::agent::{ContainerStatus, ProcessInfo};
+use protocol::agent::ProcessInfo;
+use runtime::Status;
 
 use crate::agent_client::{AgentClient, Endpoint, RootfsDevice, StdioSet};
 
+use super::bundle::BundleSpec;
 use super::config::{self, Config};
 use super::console;
-use super::container::ContainerHandle;
+use super::container::{status_from_proto, ContainerHandle};
 use super::image::{Cache, Image};
-use super::state::{self, Record, Root, Status};
+use super::pod::pod_slots;
+use super::signals::{self, Forwarder};
+use super::state::{self, Record, Root};
 use super::stats::ContainerStats;
-use super::stdio;
+use super::stdio_attach;
 use super::timing::Phases;
-use super::tty::{window_size, RawMode};
+use super::tty::{stdin_fd, RawMode};
 use super::vm::{self, VmPaths, Vmm};
-use super::{signals, Error};
+use super::Error;
 
 /// The container image's filesystem.
 pub const ROOTFS_FSTYPE: &str = "erofs";
@@ -34,73 +37,18 @@ const TRIM_AFTER: Duration = Duration::from_secs(1);
 /// Deadline for reaching an agent that should already be up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A process to run in a container with `exec`.
-#[derive(Debug, Clone)]
-pub struct ExecRequest {
-    /// An OCI `process` object.
-    pub process: serde_json::Value,
-    /// Return once started, with no stdio attached.
-    pub detach: bool,
-    /// With a terminal: the pty master goes to this socket instead of our stdio.
-    pub console_socket: Option<PathBuf>,
-}
-
 /// The controller for one state root.
 pub struct Sandbox {
-    cfg: Config,
-    root: Root,
-    cache: Cache,
+    pub(super) cfg: Config,
+    pub(super) root: Root,
+    pub(super) cache: Cache,
 }
 
 /// What `create` leaves behind for the caller that goes on to start the container.
-struct Created {
-    record: Record,
-    vmm: Vmm,
-    client: AgentClient,
-}
-
-/// The parts of config.json the controller reads.
-struct BundleSpec {
-    dir: PathBuf,
-    rootfs: PathBuf,
-    json: String,
-    value: serde_json::Value,
-    terminal: bool,
-}
-
-impl BundleSpec {
-    fn load(bundle: &Path) -> Result<BundleSpec, Error> {
-        let bad = |reason: String| Error::Bundle {
-            bundle: bundle.to_path_buf(),
-            reason,
-        };
-        let dir = fs::canonicalize(bundle).map_err(|e| bad(e.to_string()))?;
-        let json = fs::read_to_string(dir.join("config.json"))
-            .map_err(|e| bad(format!("config.json: {e}")))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&json).map_err(|e| bad(format!("config.json: {e}")))?;
-        let root = value["root"]["path"]
-            .as_str()
-            .ok_or_else(|| bad("config.json: root.path is missing".into()))?;
-        let rootfs = dir.join(root);
-        if !rootfs.is_dir() {
-            return Err(bad(format!(
-                "root.path {} is not a directory",
-                rootfs.display()
-            )));
-        }
-        if !value["process"].is_object() {
-            return Err(bad("config.json: process is missing".into()));
-        }
-        let terminal = value["process"]["terminal"].as_bool().unwrap_or(false);
-        Ok(BundleSpec {
-            dir,
-            rootfs,
-            json,
-            value,
-            terminal,
-        })
-    }
+pub(super) struct Created {
+    pub record: Record,
+    pub vmm: Vmm,
+    pub client: AgentClient,
 }
 
 impl Sandbox {
@@ -115,23 +63,19 @@ impl Sandbox {
     }
 
     /// Image, VM, agent and CreateContainer; on failure nothing is left.
-    fn create_vm(
+    pub(super) fn create_vm(
         &self,
         id: &str,
-        bundle: &Path,
+        spec: &BundleSpec,
         stdio: StdioSet,
         phases: &mut Phases,
         fwd: Option<&Forwarder>,
         slots: usize,
     ) -> Result<Created, Error> {
-        let spec = BundleSpec::load(bundle)?;
         let dir = self.root.reserve(id)?;
         let paths = VmPaths::new(&dir);
         let mut record = Record {
-            oci_version: spec.value["ociVersion"]
-                .as_str()
-                .unwrap_or("1.0.2")
-                .to_string(),
+            oci_version: spec.oci_version().to_string(),
             id: id.to_string(),
             pid: 0,
             vmm_start_time: 0,
@@ -160,7 +104,7 @@ impl Sandbox {
             phases.mark("image");
             let disks = pod_slots(&dir, slots)?;
             let memory_mib = config::guest_memory_mib(self.cfg.memory_mib, &spec.value, slots > 0);
-            let v = vmm.insert(Vmm::spawn_with_disks(
+            let v = vmm.insert(Vmm::spawn(
                 &self.cfg,
                 memory_mib,
                 &paths,
@@ -214,7 +158,7 @@ impl Sandbox {
     }
 
     /// Removes the container's directory and its claim on the image.
-    fn forget(&self, record: &Record) {
+    pub(super) fn forget(&self, record: &Record) {
         let _ = self.root.remove(&record.id);
         if let Err(e) = self.cache.release(&record.image_key, &record.state_dir) {
             tracing::warn!("releasing image {}: {e}", record.image_key);
@@ -236,12 +180,12 @@ impl Sandbox {
         console_socket: Option<&Path>,
     ) -> Result<Record, Error> {
         let mut phases = Phases::new(self.cfg.debug);
-        let terminal = BundleSpec::load(bundle)?.terminal;
-        check_console(terminal, console_socket).map_err(|reason| Error::Bundle {
+        let spec = BundleSpec::load(bundle)?;
+        check_console(spec.terminal, console_socket).map_err(|reason| Error::Bundle {
             bundle: bundle.to_path_buf(),
             reason,
         })?;
-        let created = self.create_vm(id, bundle, StdioSet::default(), &mut phases, None, 0)?;
+        let created = self.create_vm(id, &spec, StdioSet::default(), &mut phases, None, 0)?;
         if let Some(socket) = console_socket {
             if let Err(e) = self.hand_over_tty(&created.client, &created.record, "", socket) {
                 let Created {
@@ -257,7 +201,7 @@ impl Sandbox {
     }
 
     /// Sends a host pty to `socket` and starts the relay to the process's guest terminal.
-    fn hand_over_tty(
+    pub(super) fn hand_over_tty(
         &self,
         client: &AgentClient,
         record: &Record,
@@ -276,85 +220,6 @@ impl Sandbox {
             &target,
             &console::current_exe()?,
         )?)
-    }
-
-    /// `create` for a caller that relays stdio itself (the containerd shim): the streams of
-    /// `stdio` (or the tty, when the spec asks for a terminal) are announced and wait for the
-    /// caller to attach them; the VMM keeps running after we return. A pod's VM gets `slots`
-    /// empty disks on which the pod's other containers later receive their images
-    /// (`join_pod`). Returns the record, a connected client and the init's pid in the guest.
-    pub fn create_pod(
-        &self,
-        id: &str,
-        bundle: &Path,
-        stdio: StdioSet,
-        slots: usize,
-    ) -> Result<(Record, AgentClient, u32), Error> {
-        let mut phases = Phases::new(self.cfg.debug);
-        let created = self.create_vm(id, bundle, stdio, &mut phases, None, slots)?;
-        created.vmm.detach();
-        let pid = created
-            .client
-            .container_state(id)
-            .map(|s| s.pid)
-            .unwrap_or(0);
-        Ok((created.record, created.client, pid))
-    }
-
-    /// Creates container `id` (spec `spec_json`, rootfs from `bundle`) in the running VM of
-    /// pod `pod_id`: its image is written to the pod's next unused disk slot and mounted from
-    /// there. Returns the init's pid in the guest.
-    pub fn join_pod(
-        &self,
-        pod_id: &str,
-        id: &str,
-        bundle: &Path,
-        spec_json: &str,
-        stdio: StdioSet,
-        client: &AgentClient,
-    ) -> Result<u32, Error> {
-        let spec = BundleSpec::load(bundle)?;
-        let pod = self.root.load(pod_id)?;
-        let member = pod.state_dir.join("members").join(id);
-        fs::create_dir_all(&member).map_err(|source| Error::Io {
-            what: format!("creating {}", member.display()),
-            source,
-        })?;
-        let result = (|| {
-            let Image { key, path } = self.cache.acquire(&spec.rootfs, &member)?;
-            fs::write(member.join("image-key"), &key).map_err(|source| Error::Io {
-                what: format!("writing {}", member.join("image-key").display()),
-                source,
-            })?;
-            let (slot, device) = claim_slot(&pod.state_dir, id)?;
-            copy_into_slot(&path, &slot)?;
-            let rootfs = RootfsDevice {
-                device,
-                fstype: ROOTFS_FSTYPE.into(),
-                ..RootfsDevice::default()
-            };
-            client.create_container(id, spec_json, &rootfs, stdio, spec.terminal)?;
-            Ok(client.container_state(id).map(|s| s.pid).unwrap_or(0))
-        })();
-        if result.is_err() {
-            self.leave_pod(pod_id, id);
-        }
-        result
-    }
-
-    /// Forgets a container that joined pod `pod_id` (after RemoveContainer): its claim on its
-    /// image. Its disk slot stays used: the guest may still cache the old blocks.
-    pub fn leave_pod(&self, pod_id: &str, id: &str) {
-        let Ok(pod) = self.root.load(pod_id) else {
-            return;
-        };
-        let member = pod.state_dir.join("members").join(id);
-        if let Ok(key) = fs::read_to_string(member.join("image-key")) {
-            if let Err(e) = self.cache.release(&key, &member) {
-                tracing::warn!("releasing image {key}: {e}");
-            }
-        }
-        let _ = fs::remove_dir_all(&member);
     }
 
     /// Once the container of VM `id` has run for [`TRIM_AFTER`], the VMM drops the kernel,
@@ -415,34 +280,27 @@ impl Sandbox {
         pid_file: Option<&Path>,
         console_socket: Option<&Path>,
     ) -> Result<i32, Error> {
+        let mut phases = Phases::new(self.cfg.debug);
+        let spec = BundleSpec::load(bundle)?;
         if console_socket.is_some() {
-            let terminal = BundleSpec::load(bundle)?.terminal;
-            check_console(terminal, console_socket).map_err(|reason| Error::Bundle {
+            check_console(spec.terminal, console_socket).map_err(|reason| Error::Bundle {
                 bundle: bundle.to_path_buf(),
                 reason,
             })?;
         }
-        let sigset = signals::block().map_err(|e| Error::Io {
-            what: "blocking signals".into(),
-            source: e.into(),
-        })?;
-        let fwd = Forwarder::spawn(sigset);
-        let mut phases = Phases::new(self.cfg.debug);
-        let spec = BundleSpec::load(bundle)?;
-        let stdio_set = if spec.terminal {
-            StdioSet::default()
-        } else {
-            StdioSet {
-                stdin: true,
-                stdout: true,
-                stderr: true,
-            }
-        };
+        let fwd = Forwarder::spawn(signals::block_for_vm()?);
         let Created {
             mut record,
             mut vmm,
             client,
-        } = self.create_vm(id, bundle, stdio_set, &mut phases, Some(&fwd), 0)?;
+        } = self.create_vm(
+            id,
+            &spec,
+            stdio_attach::announced(spec.terminal),
+            &mut phases,
+            Some(&fwd),
+            0,
+        )?;
         let result = (|| {
             if let Some(path) = pid_file {
                 write_pid_file(path, record.pid)?;
@@ -455,7 +313,7 @@ impl Sandbox {
                 phases.mark("start");
                 fwd.started(&client, id, "", false);
                 let status = client.wait_process(id, "")?;
-                wait_relay(relay);
+                console::wait_relay(relay);
                 return Ok(status.code());
             }
             let raw = if spec.terminal {
@@ -463,14 +321,14 @@ impl Sandbox {
             } else {
                 None
             };
-            let attached = stdio::attach(&client, id, "", spec.terminal)?;
+            let attached = stdio_attach::attach(&client, id, "", spec.terminal)?;
             client.start_container(id)?;
             record.status = Status::Running;
             self.root.save(&record)?;
             phases.mark("start");
             fwd.started(&client, id, "", spec.terminal);
             let status = client.wait_process(id, "")?;
-            attached.finish();
+            attached.drain();
             drop(raw);
             phases.mark("exit");
             Ok(status.code())
@@ -481,71 +339,10 @@ impl Sandbox {
         result
     }
 
-    /// `exec`: a new process in a running container; its exit code unless detached.
-    pub fn exec(&self, id: &str, req: &ExecRequest) -> Result<i32, Error> {
-        let sigset = if req.detach {
-            None
-        } else {
-            Some(signals::block().map_err(|e| Error::Io {
-                what: "blocking signals".into(),
-                source: e.into(),
-            })?)
-        };
-        let record = self.root.load(id)?;
-        let client = self.connect(&record)?;
-        let terminal = req.process["terminal"].as_bool().unwrap_or(false);
-        let exec_id = state::generate_id().replacen("sbx", "exec", 1);
-        let process_json = req.process.to_string();
-        if req.detach || req.console_socket.is_some() {
-            check_console(terminal, req.console_socket.as_deref()).map_err(|reason| {
-                Error::Container {
-                    id: id.to_string(),
-                    reason: format!("exec: {reason}"),
-                }
-            })?;
-        }
-        if let Some(socket) = &req.console_socket {
-            client.exec_process(id, &exec_id, &process_json, StdioSet::default(), true)?;
-            let relay = self.hand_over_tty(&client, &record, &exec_id, socket)?;
-            let Some(sigset) = sigset else {
-                return Ok(0);
-            };
-            Forwarder::spawn(sigset).started(&client, id, &exec_id, false);
-            let status = client.wait_process(id, &exec_id)?;
-            wait_relay(relay);
-            return Ok(status.code());
-        }
-        let Some(sigset) = sigset else {
-            client.exec_process(id, &exec_id, &process_json, StdioSet::default(), false)?;
-            return Ok(0);
-        };
-        let stdio_set = if terminal {
-            StdioSet::default()
-        } else {
-            StdioSet {
-                stdin: true,
-                stdout: true,
-                stderr: true,
-            }
-        };
-        client.exec_process(id, &exec_id, &process_json, stdio_set, terminal)?;
-        let raw = if terminal {
-            RawMode::enable(stdin_fd())
-        } else {
-            None
-        };
-        let attached = stdio::attach(&client, id, &exec_id, terminal)?;
-        Forwarder::spawn(sigset).started(&client, id, &exec_id, terminal);
-        let status = client.wait_process(id, &exec_id)?;
-        attached.finish();
-        drop(raw);
-        Ok(status.code())
-    }
-
     /// The container's process spec from its bundle (the base of an `exec` process).
     pub fn bundle_process(&self, id: &str) -> Result<serde_json::Value, Error> {
         let record = self.root.load(id)?;
-        Ok(BundleSpec::load(&record.bundle)?.value["process"].clone())
+        Ok(BundleSpec::load(&record.bundle)?.process().clone())
     }
 
     /// The record and the live status (asked from the agent while the VM runs).
@@ -563,13 +360,7 @@ impl Sandbox {
             return record.status;
         };
         match client.container_state(&record.id) {
-            Ok(s) => match s.status.enum_value_or_default() {
-                ContainerStatus::CREATED => Status::Created,
-                ContainerStatus::RUNNING => Status::Running,
-                ContainerStatus::PAUSED => Status::Paused,
-                ContainerStatus::STOPPED => Status::Stopped,
-                ContainerStatus::UNKNOWN => record.status,
-            },
+            Ok(s) => status_from_proto(s.status.enum_value_or_default()).unwrap_or(record.status),
             Err(_) => record.status,
         }
     }
@@ -653,10 +444,7 @@ impl Sandbox {
         if !force && matches!(status, Status::Running | Status::Paused | Status::Creating) {
             return Err(Error::Container {
                 id: id.to_string(),
-                reason: format!(
-                    "cannot delete a {} container: stop it first or use --force",
-                    status.as_str()
-                ),
+                reason: format!("cannot delete a {status} container: stop it first or use --force"),
             });
         }
         if record.pid != 0 {
@@ -670,7 +458,7 @@ impl Sandbox {
         Ok(())
     }
 
-    fn connect(&self, record: &Record) -> Result<AgentClient, Error> {
+    pub(super) fn connect(&self, record: &Record) -> Result<AgentClient, Error> {
         if record.pid == 0 || !vm::alive(record.pid, record.vmm_start_time) {
             return Err(Error::Container {
                 id: record.id.clone(),
@@ -683,7 +471,7 @@ impl Sandbox {
 
 /// runc's rules: a terminal needs a console socket when nobody attaches to it here (checked
 /// by the callers that detach), and a console socket needs a terminal.
-fn check_console(terminal: bool, console_socket: Option<&Path>) -> Result<(), String> {
+pub(super) fn check_console(terminal: bool, console_socket: Option<&Path>) -> Result<(), String> {
     match (terminal, console_socket) {
         (true, None) => Err(
             "process.terminal is true: a detached process with a terminal needs --console-socket"
@@ -696,102 +484,6 @@ fn check_console(terminal: bool, console_socket: Option<&Path>) -> Result<(), St
     }
 }
 
-/// Lets the relay pass the last output on (it ends at the guest terminal's EOF), at most a
-/// few seconds, then reaps it.
-fn wait_relay(pid: u32) {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let pid = nix::unistd::Pid::from_raw(pid as i32);
-    let begin = std::time::Instant::now();
-    while begin.elapsed() < Duration::from_secs(5) {
-        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(20)),
-            _ => return,
-        }
-    }
-}
-
-/// Size of each empty disk slot of a pod VM (sparse; an image must fit).
-pub const POD_SLOT_BYTES: u64 = 1 << 30;
-
-/// The sparse slot files of a new pod VM in its state directory.
-fn pod_slots(dir: &Path, slots: usize) -> Result<Vec<PathBuf>, Error> {
-    (0..slots)
-        .map(|n| {
-            let path = dir.join(format!("slot-{n}.img"));
-            fs::File::create(&path)
-                .and_then(|f| f.set_len(POD_SLOT_BYTES))
-                .map_err(|source| Error::Io {
-                    what: format!("creating disk slot {}", path.display()),
-                    source,
-                })?;
-            Ok(path)
-        })
-        .collect()
-}
-
-/// Takes the first unused slot of a pod for container `id`: its file and guest device
-/// (slot n is the n-th virtio-blk disk: vda, vdb, ...; the pod's own image is on virtio-pmem).
-fn claim_slot(dir: &Path, id: &str) -> Result<(PathBuf, String), Error> {
-    for n in 0.. {
-        let slot = dir.join(format!("slot-{n}.img"));
-        if !slot.exists() || n >= 24 {
-            break;
-        }
-        let marker = dir.join(format!("slot-{n}.used"));
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&marker)
-        {
-            Ok(mut f) => {
-                let _ = std::io::Write::write_all(&mut f, id.as_bytes());
-                let device = format!("vd{}", (b'a' + n as u8) as char);
-                return Ok((slot, device));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(source) => {
-                return Err(Error::Io {
-                    what: format!("claiming {}", marker.display()),
-                    source,
-                })
-            }
-        }
-    }
-    Err(Error::Container {
-        id: id.to_string(),
-        reason: format!(
-            "its pod's VM has no unused disk slot left in {} (a pod VM takes a fixed number of containers over its life)",
-            dir.display()
-        ),
-    })
-}
-
-/// Writes an image over the start of a slot (the slot keeps its size: the guest sized the
-/// disk at boot).
-fn copy_into_slot(image: &Path, slot: &Path) -> Result<(), Error> {
-    let io = |what: String| move |source| Error::Io { what, source };
-    let len = fs::metadata(image)
-        .map_err(io(format!("reading {}", image.display())))?
-        .len();
-    if len > POD_SLOT_BYTES {
-        return Err(Error::Io {
-            what: format!("image {} ({len} bytes)", image.display()),
-            source: std::io::Error::other(format!(
-                "larger than a pod disk slot ({POD_SLOT_BYTES} bytes)"
-            )),
-        });
-    }
-    let mut from = fs::File::open(image).map_err(io(format!("reading {}", image.display())))?;
-    let mut to = fs::OpenOptions::new()
-        .write(true)
-        .open(slot)
-        .map_err(io(format!("writing {}", slot.display())))?;
-    std::io::copy(&mut from, &mut to).map_err(io(format!("writing {}", slot.display())))?;
-    to.sync_all()
-        .map_err(io(format!("writing {}", slot.display())))?;
-    Ok(())
-}
-
 /// Writes `pid` (the VMM's) to a `--pid-file`.
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<(), Error> {
     fs::write(path, pid.to_string()).map_err(|source| Error::Io {
@@ -800,117 +492,8 @@ pub fn write_pid_file(path: &Path, pid: i32) -> Result<(), Error> {
     })
 }
 
-fn endpoint(record: &Record) -> Endpoint {
+pub(super) fn endpoint(record: &Record) -> Endpoint {
     Endpoint::HybridVsock {
         socket: record.vsock.clone(),
-    }
-}
-
-fn stdin_fd() -> BorrowedFd<'static> {
-    // SAFETY: fd 0 stays open for the life of the process; we only borrow it.
-    unsafe { BorrowedFd::borrow_raw(0) }
-}
-
-fn stdout_fd() -> BorrowedFd<'static> {
-    // SAFETY: fd 1 stays open for the life of the process; we only borrow it.
-    unsafe { BorrowedFd::borrow_raw(1) }
-}
-
-/// Where the signals of a foreground command go: while the VM boots, SIGINT, SIGTERM, SIGHUP
-/// and SIGQUIT kill the VMM (the start then fails and cleans up); once the process runs, every
-/// signal is forwarded to it and SIGWINCH resizes its terminal.
-pub struct Forwarder {
-    state: std::sync::Arc<std::sync::Mutex<Forwarding>>,
-}
-
-#[derive(Default)]
-struct Forwarding {
-    vmm_pid: i32,
-    interrupted: Option<Signal>,
-    target: Option<Target>,
-}
-
-struct Target {
-    client: AgentClient,
-    id: String,
-    exec_id: String,
-    terminal: bool,
-}
-
-impl Target {
-    fn resize(&self) {
-        if let Some((rows, cols)) = window_size(stdout_fd()).or(window_size(stdin_fd())) {
-            let _ = self.client.resize_tty(&self.id, &self.exec_id, rows, cols);
-        }
-    }
-}
-
-impl Forwarder {
-    /// Takes the (blocked) signals of `set` from now on.
-    pub fn spawn(set: nix::sys::signal::SigSet) -> Forwarder {
-        let state = std::sync::Arc::new(std::sync::Mutex::new(Forwarding::default()));
-        let shared = state.clone();
-        signals::spawn_forwarder(set, move |sig| {
-            let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
-            match (&st.target, sig) {
-                (Some(t), Signal::SIGWINCH) => {
-                    if t.terminal {
-                        t.resize();
-                    }
-                }
-                (Some(t), _) => {
-                    if let Err(e) = t
-                        .client
-                        .signal_process(&t.id, &t.exec_id, sig as i32, false)
-                    {
-                        tracing::debug!("forwarding {sig}: {e}");
-                    }
-                }
-                (None, Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP | Signal::SIGQUIT) => {
-                    st.interrupted = Some(sig);
-                    kill_vmm(st.vmm_pid);
-                }
-                (None, _) => {}
-            }
-        });
-        Forwarder { state }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Forwarding> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The VMM is up: an interruption from now on kills it (at once if one came already).
-    fn booting(&self, vmm_pid: i32) {
-        let mut st = self.lock();
-        st.vmm_pid = vmm_pid;
-        if st.interrupted.is_some() {
-            kill_vmm(vmm_pid);
-        }
-    }
-
-    /// The signal that interrupted the start, if any.
-    fn interrupted(&self) -> Option<Signal> {
-        self.lock().interrupted
-    }
-
-    /// The process runs: send the window size, then forward everything to it.
-    pub fn started(&self, client: &AgentClient, id: &str, exec_id: &str, terminal: bool) {
-        let target = Target {
-            client: client.clone(),
-            id: id.to_string(),
-            exec_id: exec_id.to_string(),
-            terminal,
-        };
-        if terminal {
-            target.resize();
-        }
-        self.lock().target = Some(target);
-    }
-}
-
-fn kill_vmm(pid: i32) {
-    if pid > 0 {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
     }
 }

@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use runtime::Status;
 use serde::{Deserialize, Serialize};
 
 /// Name of the record inside a container directory.
@@ -29,29 +30,6 @@ pub enum Error {
     },
 }
 
-/// runc's statuses, plus `creating` while the VM starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Creating,
-    Created,
-    Running,
-    Paused,
-    Stopped,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Creating => "creating",
-            Status::Created => "created",
-            Status::Running => "running",
-            Status::Paused => "paused",
-            Status::Stopped => "stopped",
-        }
-    }
-}
-
 /// The content of `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
@@ -62,7 +40,7 @@ pub struct Record {
     pub pid: i32,
     /// Start time of the VMM (field 22 of /proc/PID/stat), against PID reuse.
     pub vmm_start_time: u64,
-    /// Last status known without asking the agent.
+    /// Last status known without asking the agent (`creating` while the VM starts).
     pub status: Status,
     pub bundle: PathBuf,
     /// The bundle's rootfs on this host (read, never written).
@@ -200,34 +178,7 @@ pub fn generate_id() -> String {
     format!("sbx-{hex}")
 }
 
-/// Now as RFC 3339 UTC with nanoseconds, like runc's `created`.
-pub fn now_rfc3339() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339(d.as_secs() as i64, d.subsec_nanos())
-}
-
-fn rfc3339(secs: i64, nanos: u32) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use runtime::state::now_rfc3339;
 
 #[cfg(test)]
 mod tests {
@@ -277,8 +228,6 @@ mod tests {
 
     #[test]
     fn dates_and_ids() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(rfc3339(1_709_210_096, 5), "2024-02-29T12:34:56.000000005Z");
         let a = generate_id();
         assert!(
             runtime::container_id::validate(&a).is_ok() && a.starts_with("sbx-") && a.len() == 16,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use protocol::agent::ContainerStatsResponse;
+use runtime::cgroups::IoStat;
 use serde::Serialize;
 use serde_json::json;
 
@@ -55,17 +56,6 @@ pub struct MemoryEvents {
     pub oom_kill: u64,
 }
 
-/// One device of `io.stat`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct IoEntry {
-    pub major: u64,
-    pub minor: u64,
-    pub rbytes: u64,
-    pub wbytes: u64,
-    pub rios: u64,
-    pub wios: u64,
-}
-
 /// Everything the guest reports for one container.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ContainerStats {
@@ -73,7 +63,8 @@ pub struct ContainerStats {
     pub cpu: Cpu,
     pub memory: Memory,
     pub memory_events: MemoryEvents,
-    pub io: Vec<IoEntry>,
+    /// One entry per device of `io.stat`.
+    pub io: Vec<IoStat>,
 }
 
 /// The protocol writes "max" as 2^64-1.
@@ -115,7 +106,7 @@ impl ContainerStats {
             io: r
                 .io
                 .iter()
-                .map(|d| IoEntry {
+                .map(|d| IoStat {
                     major: d.major,
                     minor: d.minor,
                     rbytes: d.rbytes,
@@ -159,18 +150,7 @@ impl ContainerStats {
                 oom: event("oom"),
                 oom_kill: event("oom_kill"),
             },
-            io: s
-                .io
-                .iter()
-                .map(|d| IoEntry {
-                    major: d.major,
-                    minor: d.minor,
-                    rbytes: d.rbytes,
-                    wbytes: d.wbytes,
-                    rios: d.rios,
-                    wios: d.wios,
-                })
-                .collect(),
+            io: s.io.clone(),
         }
     }
 
@@ -179,7 +159,7 @@ impl ContainerStats {
     pub fn to_runc(&self) -> serde_json::Value {
         let ns = |usec: u64| usec.saturating_mul(1000);
         let m = &self.memory;
-        let blkio = |op_r: &str, op_w: &str, pick: fn(&IoEntry) -> (u64, u64)| {
+        let blkio = |op_r: &str, op_w: &str, pick: fn(&IoStat) -> (u64, u64)| {
             let mut out = Vec::new();
             for d in &self.io {
                 let (r, w) = pick(d);

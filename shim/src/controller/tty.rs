@@ -49,6 +49,18 @@ pub fn window_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
     (ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }
 
+/// This process's stdin, borrowed.
+pub fn stdin_fd() -> BorrowedFd<'static> {
+    // SAFETY: fd 0 stays open for the life of the process; we only borrow it.
+    unsafe { BorrowedFd::borrow_raw(0) }
+}
+
+/// This process's stdout, borrowed.
+pub fn stdout_fd() -> BorrowedFd<'static> {
+    // SAFETY: fd 1 stays open for the life of the process; we only borrow it.
+    unsafe { BorrowedFd::borrow_raw(1) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,7 +77,7 @@ pub fn check_kvm() -> Result<(), Error> {
         .lines()
         .filter(|l| l.starts_with("flags"))
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    if hardware || std::env::var_os("SANDBOX_SKIP_KVM_CHECK").is_some() {
+    if hardware {
         Ok(())
     } else {
         Err(Error::KvmNoHardware)
@@ -99,7 +99,7 @@ pub struct Vmm {
 #[derive(Debug, Clone)]
 pub struct VmPaths {
     pub vsock: PathBuf,
-    /// The VMM's control API socket (pause/resume of the whole VM, docs/vmm-api.md).
+    /// The VMM's control API socket (the controller asks it to `trim`; docs/vmm-api.md).
     pub api: PathBuf,
     pub console_log: PathBuf,
     pub vmm_log: PathBuf,
@@ -139,15 +139,11 @@ impl VmPaths {
 }
 
 impl Vmm {
-    /// Starts `sandbox-vmm` in its own process group (terminal signals stay with us).
-    pub fn spawn(cfg: &Config, paths: &VmPaths, image: &Path) -> Result<Vmm, Error> {
-        Vmm::spawn_with_disks(cfg, cfg.memory_mib, paths, image, &[])
-    }
-
-    /// `spawn` with `memory_mib` of guest RAM, the container image as a read-only virtio-pmem
-    /// device after the root image's (the guest maps it with DAX) and read-only virtio-blk
-    /// disks (vda, vdb, ... in the guest).
-    pub fn spawn_with_disks(
+    /// Starts `sandbox-vmm` in its own process group (terminal signals stay with us), with
+    /// `memory_mib` of guest RAM, the container image as a read-only virtio-pmem device after
+    /// the root image's (the guest maps it with DAX) and read-only virtio-blk `disks` (vda,
+    /// vdb, ... in the guest).
+    pub fn spawn(
         cfg: &Config,
         memory_mib: u32,
         paths: &VmPaths,
@@ -320,13 +316,6 @@ impl Vmm {
     }
 }
 
-/// Pauses (`true`) or resumes every vCPU of the VM through the VMM's control API: the
-/// whole pod stops, agent included, so no agent call answers until it is resumed.
-pub fn set_vm_paused(api: &Path, paused: bool) -> Result<(), Error> {
-    let action = if paused { "pause" } else { "resume" };
-    vm_request(api, action, &format!(r#"{{"action": "{action}"}}"#)).map(|_| ())
-}
-
 /// Has the VMM unmap, `delay` from now, the file pages the guest has only read (the kernel,
 /// agent and image pages of its start; docs/vmm-api.md): they stay in the host's page cache
 /// and come back on the guest's next touch.
@@ -469,7 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn vm_pause_speaks_the_control_protocol() {
+    fn vm_requests_speak_the_control_protocol() {
         use std::io::{BufRead, BufReader, Write};
         let dir = tempfile::tempdir().unwrap();
         let api = dir.path().join("api.sock");
@@ -489,15 +478,22 @@ mod tests {
             }
             got
         });
-        set_vm_paused(&api, true).unwrap();
-        let err = set_vm_paused(&api, false).unwrap_err().to_string();
+        vm_request(&api, "pause", r#"{"action": "pause"}"#).unwrap();
+        let err = vm_request(&api, "resume", r#"{"action": "resume"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("resume: nope"), "{err}");
         trim_vm_later(&api, Duration::from_secs(1)).unwrap();
         let got = server.join().unwrap();
         assert_eq!(got[0].trim(), r#"{"action": "pause"}"#);
         assert_eq!(got[1].trim(), r#"{"action": "resume"}"#);
         assert_eq!(got[2].trim(), r#"{"action": "trim", "delay_ms": 1000}"#);
-        let err = set_vm_paused(&dir.path().join("absent"), true).unwrap_err();
+        let err = vm_request(
+            &dir.path().join("absent"),
+            "pause",
+            r#"{"action": "pause"}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("absent"), "{err}");
     }
 

@@ -3,15 +3,21 @@
 
 pub mod config;
 pub mod events;
-pub mod io;
+pub mod fifo_relay;
+mod oom_watch;
 pub mod pod;
+mod pod_join;
 pub mod process;
 pub mod rootfs;
+mod rpc;
 pub mod serve;
 pub mod service;
 pub mod spec;
 pub mod start;
 pub mod stats;
+mod task_lifecycle;
+mod tasks;
+pub mod vm_removal;
 
 pub use start::ShimV2;
 

@@ -65,29 +65,6 @@ impl Role {
     }
 }
 
-/// Points a pod member's namespace paths (CRI names the pause process's namespaces on the
-/// host: `/proc/<pid>/ns/ipc`) at the sandbox container's process in the guest.
-pub fn join_namespaces(spec: &mut serde_json::Value, sandbox_pid: u32) {
-    let Some(namespaces) = spec
-        .pointer_mut("/linux/namespaces")
-        .and_then(serde_json::Value::as_array_mut)
-    else {
-        return;
-    };
-    for ns in namespaces {
-        if ns["path"].as_str().is_none_or(str::is_empty) {
-            continue;
-        }
-        let file = match ns["type"].as_str().unwrap_or("") {
-            "network" => "net",
-            "mount" => "mnt",
-            other => other,
-        }
-        .to_string();
-        ns["path"] = serde_json::Value::String(format!("/proc/{sandbox_pid}/ns/{file}"));
-    }
-}
-
 /// The spec of the bundle in `dir` (config.json).
 pub fn read_spec(dir: &Path) -> Result<serde_json::Value, Error> {
     let path = dir.join("config.json");
@@ -130,27 +107,6 @@ mod tests {
             assert_eq!(Role::from_spec(&spec), Role::Standalone);
             assert_eq!(Role::from_spec(&spec).grouping("c1"), "c1");
         }
-    }
-
-    #[test]
-    fn members_join_the_sandbox_containers_namespaces_in_the_guest() {
-        let mut spec = json!({"linux": {"namespaces": [
-            {"type": "pid", "path": "/proc/4242/ns/pid"},
-            {"type": "ipc", "path": "/proc/4242/ns/ipc"},
-            {"type": "network", "path": "/var/run/netns/cni-1"},
-            {"type": "mount"},
-            {"type": "uts", "path": ""}
-        ]}});
-        join_namespaces(&mut spec, 7);
-        let ns = &spec["linux"]["namespaces"];
-        assert_eq!(ns[0]["path"], "/proc/7/ns/pid");
-        assert_eq!(ns[1]["path"], "/proc/7/ns/ipc");
-        assert_eq!(ns[2]["path"], "/proc/7/ns/net");
-        assert!(ns[3].get("path").is_none(), "a new namespace stays new");
-        assert_eq!(ns[4]["path"], "");
-        let mut bare = json!({});
-        join_namespaces(&mut bare, 7);
-        assert_eq!(bare, json!({}));
     }
 
     #[test]

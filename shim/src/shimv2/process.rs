@@ -4,6 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use runtime::Status;
 use tokio::sync::watch;
 
 /// The stdio containerd passed: FIFO paths (empty: none) and whether it is a terminal.
@@ -13,6 +14,17 @@ pub struct StdioPaths {
     pub stdout: String,
     pub stderr: String,
     pub terminal: bool,
+}
+
+impl StdioPaths {
+    pub fn new(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> StdioPaths {
+        StdioPaths {
+            stdin: stdin.to_string(),
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+            terminal,
+        }
+    }
 }
 
 /// How and when a process ended.
@@ -39,15 +51,6 @@ impl Exit {
             ..Default::default()
         }
     }
-}
-
-/// Where a process is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Created,
-    Running,
-    Paused,
-    Stopped,
 }
 
 /// A process of a task.

@@ -15,7 +15,8 @@ use crate::controller::{self, Sandbox};
 
 use super::events::{Events, Sink};
 use super::pod::{self, Role};
-use super::service::{self, Service};
+use super::service::Service;
+use super::vm_removal::remove_vm;
 use super::{config, rootfs};
 
 /// Exit status containerd records for a task whose shim had to be cleaned up.
@@ -129,7 +130,7 @@ pub fn legacy_start_opts(flags: &Flags) -> StartOpts {
 pub fn cleanup(cfg: controller::Config, id: &str, bundle: &Path) {
     let sandbox = Sandbox::new(cfg);
     if sandbox.root().load(&super::vm_id(id)).is_ok() {
-        service::remove_vm(&sandbox, id);
+        remove_vm(&sandbox, id);
     }
     rootfs::unmount(&bundle.join("rootfs"));
     if let Ok(address) = std::fs::read_to_string(bundle.join(ADDRESS_FILE)) {
@@ -216,7 +217,7 @@ mod tests {
             // A pid that is not running: the VMM died with the shim.
             pid: i32::MAX,
             vmm_start_time: 1,
-            status: controller::Status::Running,
+            status: runtime::Status::Running,
             bundle: dir.path().into(),
             rootfs: dir.path().into(),
             created: String::new(),

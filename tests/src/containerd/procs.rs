@@ -93,6 +93,14 @@ pub fn kill_trees(roots: &[u32]) {
     while pids.iter().any(|p| alive(*p)) && begin.elapsed() < KILL_WAIT {
         thread::sleep(Duration::from_millis(50));
     }
+    let survivors: Vec<u32> = pids.into_iter().filter(|p| alive(*p)).collect();
+    if !survivors.is_empty() {
+        // A cleanup path: the test's own leftover checks fail on them; say why here.
+        eprintln!(
+            "processes {survivors:?} are still alive {} ms after SIGKILL",
+            KILL_WAIT.as_millis()
+        );
+    }
 }
 
 /// Whether `pid` exists and is not a zombie.
@@ -181,12 +189,20 @@ mod tests {
             .args(["-c", "sleep 60 & wait", &marker])
             .spawn()
             .unwrap();
+        // Until the forked child has exec'd sleep it still carries sh's argv (the marker).
         let begin = Instant::now();
-        while with_descendants(&[child.id()]).len() < 2 {
-            assert!(begin.elapsed() < Duration::from_secs(10), "no sleep child");
+        let found = loop {
+            let found = matching(|argv| argv.contains(&marker));
+            if with_descendants(&[child.id()]).len() >= 2 && found.len() == 1 {
+                break found;
+            }
+            assert!(
+                begin.elapsed() < Duration::from_secs(10),
+                "no exec'd sleep child under sh {}: matching {found:?}",
+                child.id()
+            );
             thread::sleep(Duration::from_millis(20));
-        }
-        let found = matching(|argv| argv.contains(&marker));
+        };
         assert_eq!(found, vec![child.id()]);
         let tree: Vec<u32> = with_descendants(&found).into_iter().collect();
         kill_trees(&found);

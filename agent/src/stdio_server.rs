@@ -1,5 +1,7 @@
-//! The stdio port: each connection names a process stream in its header, then carries raw
-//! bytes. Socket backpressure paces the copy, so nothing is buffered beyond one chunk.
+//! The guest side of the stdio streams: serves the stdio port, where each connection names a
+//! process stream in its header (protocol::stream_header), then carries raw bytes.
+//!
+//! Socket backpressure paces the copy, so nothing is buffered beyond one chunk.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -8,10 +10,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use protocol::stdio::{write_ack, StreamHeader};
+use protocol::stream_header::{write_ack, StreamHeader};
 
 use crate::listener::{Conn, Listener};
-use crate::processes::{Attached, ProcessTable};
+use crate::process_table::{Attached, ProcessTable};
 
 /// How long a new connection may take to send its header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

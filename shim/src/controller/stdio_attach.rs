@@ -1,30 +1,15 @@
-//! Forwarding a process's stdio between this host's fds 0-2 and the agent's stream port:
-//! one thread per direction, output threads joined so the last byte precedes the exit code.
+//! A foreground command's stdio attached to its process in the guest: this host's fds 0-2
+//! pumped to and from the process's streams, output joined so the last byte precedes the exit.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::thread::JoinHandle;
 
-use crate::agent_client::{AgentClient, StdioStream, StreamKind};
+use crate::agent_client::{
+    pump, AgentClient, OutputPumps, StdioSet, StdioStream, StreamKind, PUMP_CHUNK,
+};
 
 use super::Error;
-
-/// Bytes moved per read.
-const CHUNK: usize = 128 * 1024;
-
-/// The output pumps of an attached process.
-pub struct Attached {
-    outputs: Vec<JoinHandle<()>>,
-}
-
-impl Attached {
-    /// Waits until every output stream reached EOF (or its host side failed).
-    pub fn finish(self) {
-        for t in self.outputs {
-            let _ = t.join();
-        }
-    }
-}
 
 fn dup(fd: std::os::fd::BorrowedFd<'_>, what: &str) -> Result<File, Error> {
     fd.try_clone_to_owned()
@@ -41,6 +26,19 @@ fn host_fd(n: i32) -> Result<File, Error> {
     dup(fd, &format!("fd {n}"))
 }
 
+/// The streams to announce for a process that [`attach`] will attach: none with a terminal
+/// (the agent creates the one tty stream with the pty), otherwise all three.
+pub fn announced(terminal: bool) -> StdioSet {
+    if terminal {
+        return StdioSet::default();
+    }
+    StdioSet {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+    }
+}
+
 /// Opens the streams announced for (container, exec) and starts pumping: our stdin into the
 /// process (EOF passed on), its stdout/stderr (or tty) to our fds 1/2.
 pub fn attach(
@@ -48,9 +46,9 @@ pub fn attach(
     container_id: &str,
     exec_id: &str,
     terminal: bool,
-) -> Result<Attached, Error> {
+) -> Result<OutputPumps, Error> {
     let open = |kind| client.open_stream(container_id, exec_id, kind);
-    let mut outputs = Vec::new();
+    let mut outputs = OutputPumps::default();
     if terminal {
         let tty = open(StreamKind::Tty)?;
         let input = tty.try_clone().map_err(|source| Error::Io {
@@ -67,14 +65,14 @@ pub fn attach(
         outputs.push(spawn_output(stdout, host_fd(1)?));
         outputs.push(spawn_output(stderr, host_fd(2)?));
     }
-    Ok(Attached { outputs })
+    Ok(outputs)
 }
 
 /// Host input into a stream until EOF, then a half-close. Detached: it may block on our
 /// stdin after the process has ended.
 fn spawn_input(mut from: File, mut to: StdioStream) {
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; PUMP_CHUNK];
         loop {
             match from.read(&mut buf) {
                 Ok(0) => break,
@@ -97,40 +95,4 @@ fn spawn_output(mut from: StdioStream, to: File) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let _ = pump(&mut from, to);
     })
-}
-
-/// Copies until EOF on `from` in large chunks (what the guest's stdio streams deliver);
-/// an error on either side ends it. Shared with the containerd shim's FIFO relay.
-pub fn pump(from: &mut impl Read, mut to: impl Write) -> io::Result<u64> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-        total += n as u64;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pump_copies_everything_in_order() {
-        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-        let out = tempfile::tempfile().unwrap();
-        let mut reader = out.try_clone().unwrap();
-        let n = pump(&mut &data[..], out).unwrap();
-        assert_eq!(n, data.len() as u64);
-        use std::io::Seek;
-        reader.rewind().unwrap();
-        let mut back = Vec::new();
-        reader.read_to_end(&mut back).unwrap();
-        assert_eq!(back, data);
-    }
 }

@@ -1,5 +1,5 @@
-//! Containers in the guest: the rootfs mounted from its block device under a writable overlay,
-//! a bundle directory the runtime crate reads, and the record of what to undo on removal.
+//! A container's bundle in the guest: the rootfs mounted from its block device under a writable
+//! overlay, the config.json the runtime crate reads, and the record of what to undo on removal.
 //!
 //! Layout under the run directory: `containers/<id>/{lower,upper,rootfs,config.json}` and the
 //! runtime's state in `state/<id>/`.
@@ -78,15 +78,15 @@ impl Bundle {
     }
 }
 
-/// The containers of this sandbox and their bundles.
-pub struct Containers {
+/// The bundles of this sandbox's containers, by container id.
+pub struct Bundles {
     run_dir: PathBuf,
     bundles: Mutex<HashMap<String, Bundle>>,
 }
 
-impl Containers {
-    pub fn new(run_dir: PathBuf) -> Containers {
-        Containers {
+impl Bundles {
+    pub fn new(run_dir: PathBuf) -> Bundles {
+        Bundles {
             run_dir,
             bundles: Mutex::new(HashMap::new()),
         }

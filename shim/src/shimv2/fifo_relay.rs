@@ -6,10 +6,11 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::thread::JoinHandle;
 
-use crate::agent_client::{self, AgentClient, StdioSet, StdioStream, StreamKind};
+use crate::agent_client::{
+    self, pump, AgentClient, OutputPumps, StdioSet, StdioStream, StreamKind,
+};
 
 use super::process::StdioPaths;
-use crate::controller::stdio::pump;
 
 /// The streams to announce to the agent for these paths (a terminal's single tty stream
 /// needs none announced: the agent creates it with the pty).
@@ -24,30 +25,15 @@ pub fn announced(stdio: &StdioPaths) -> StdioSet {
     }
 }
 
-/// The running relays of one process.
-#[derive(Debug, Default)]
-pub struct Relays {
-    outputs: Vec<JoinHandle<()>>,
-}
-
-impl Relays {
-    /// Waits until every output stream reached EOF and was written to its FIFO.
-    pub fn drain(self) {
-        for t in self.outputs {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Attaches the announced streams of (container, exec) and starts relaying them.
 pub fn attach(
     client: &AgentClient,
     container_id: &str,
     exec_id: &str,
     stdio: &StdioPaths,
-) -> Result<Relays, agent_client::Error> {
+) -> Result<OutputPumps, agent_client::Error> {
     let open = |kind| client.open_stream(container_id, exec_id, kind);
-    let mut relays = Relays::default();
+    let mut relays = OutputPumps::default();
     if stdio.terminal {
         let tty = open(StreamKind::Tty)?;
         if !stdio.stdin.is_empty() {
@@ -56,7 +42,7 @@ pub fn attach(
                 Err(e) => log::warn!("cloning the tty stream of {container_id}: {e}"),
             }
         }
-        relays.outputs.push(spawn_output(stdio.stdout.clone(), tty));
+        relays.push(spawn_output(stdio.stdout.clone(), tty));
         return Ok(relays);
     }
     let set = announced(stdio);
@@ -65,11 +51,11 @@ pub fn attach(
     }
     if set.stdout {
         let s = open(StreamKind::Stdout)?;
-        relays.outputs.push(spawn_output(stdio.stdout.clone(), s));
+        relays.push(spawn_output(stdio.stdout.clone(), s));
     }
     if set.stderr {
         let s = open(StreamKind::Stderr)?;
-        relays.outputs.push(spawn_output(stdio.stderr.clone(), s));
+        relays.push(spawn_output(stdio.stderr.clone(), s));
     }
     Ok(relays)
 }

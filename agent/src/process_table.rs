@@ -1,5 +1,5 @@
-//! The agent's record of every process it started, keyed by (container id, exec id).
-//! Each record holds the exit status once reaped and the stdio ends not yet attached.
+//! The process table: every process the agent started, keyed by (container id, exec id), with
+//! its exit status once reaped and the stdio ends no stream has attached yet.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -8,12 +8,12 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use nix::unistd::Pid;
-use protocol::stdio::StreamKind;
+use protocol::stream_header::StreamKind;
 use thiserror::Error;
 
 use crate::listener::Conn;
-use crate::process::{Spawned, StdioEnds};
 use crate::reaper::ExitStatus;
+use crate::spawn::{Spawned, StdioEnds};
 
 /// Errors looking up or operating on a process.
 #[derive(Debug, Error)]
