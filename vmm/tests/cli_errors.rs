@@ -62,3 +62,21 @@ fn elf_without_pvh_note() {
     assert_eq!(code, Some(1));
     assert!(err.contains("no PVH entry point"), "{err}");
 }
+
+#[test]
+fn fs_share_that_is_not_a_directory() {
+    let g = common::GuestDir::new();
+    let k = g.kernel().display().to_string();
+    let (code, err) = run(&["--kernel", &k, "--fs", "tag=vol,path=/nonexistent/dir"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err,
+        "sandbox-vmm: --fs: /nonexistent/dir: No such directory\n"
+    );
+    let (code, err) = run(&["--kernel", &k, "--fs", "tag=vol"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err,
+        "sandbox-vmm: --fs: no path; expected tag=TAG,path=DIR[,ro]\n"
+    );
+}

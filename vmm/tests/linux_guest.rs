@@ -3,7 +3,9 @@
 //! These need real KVM: `cargo xtask test` runs them in the lab.
 mod common;
 
-use common::linux::{busybox_initramfs, guest_file, vmm_with_initrd, wait_for};
+use common::linux::{
+    busybox_initramfs, busybox_initramfs_with, guest_file, vmm_with_initrd, wait_for,
+};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -469,4 +471,133 @@ fn pages_the_guest_frees_are_released_on_the_host_through_free_page_reporting() 
         String::from_utf8_lossy(&out.stderr),
         std::fs::read_to_string(&serial).unwrap_or_default()
     );
+}
+
+/// The guest's /init for the virtio-fs test: mounts a read-write and a read-only share, reads
+/// and writes through them, follows symlinks that point out of the share, then reboots.
+const FS_INIT: &str = r#"#!/bin/sh
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mkdir -p /mnt/rw /mnt/ro
+mount -t virtiofs rwshare /mnt/rw && echo "rw mounted"
+mount -t virtiofs roshare /mnt/ro && echo "ro mounted"
+echo "rw read: $(cat /mnt/rw/from-host)"
+echo "from the guest" > /mnt/rw/from-guest
+echo "rw write-status=$?"
+mkdir /mnt/rw/dir && echo nested > /mnt/rw/dir/f
+echo "rw mkdir-status=$?"
+umask 0002
+touch /mnt/rw/mode664
+cp /mnt/rw/big /mnt/rw/big.copy
+echo "rw copy-status=$?"
+echo "ro read: $(cat /mnt/ro/from-host)"
+echo x 2>/tmp/err > /mnt/ro/new
+echo "ro create-status=$? $(cat /tmp/err)"
+echo x 2>/tmp/err >> /mnt/ro/from-host
+echo "ro append-status=$? $(cat /tmp/err)"
+mkdir /mnt/ro/dir 2>/tmp/err
+echo "ro mkdir-status=$? $(cat /tmp/err)"
+rm /mnt/ro/from-host 2>/tmp/err
+echo "ro rm-status=$? $(cat /tmp/err)"
+echo "escape abs: $(cat /mnt/rw/abs 2>&1)"
+echo "escape up: $(cat /mnt/rw/up 2>&1)"
+echo "guest-only file: $(cat /etc/outside)"
+umount /mnt/rw /mnt/ro && echo "unmounted"
+echo FS-TEST-DONE
+reboot -f
+"#;
+
+#[test]
+#[ignore = "needs real KVM: run by cargo xtask test in the lab"]
+fn guest_mounts_host_directories_with_virtio_fs_and_a_read_only_share_refuses_writes() {
+    let dir = tempfile::Builder::new()
+        .prefix("vmm-fs")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let (rw, ro) = (dir.path().join("rw"), dir.path().join("ro"));
+    std::fs::create_dir(&rw).unwrap();
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::write(rw.join("from-host"), "rw host file").unwrap();
+    std::fs::write(ro.join("from-host"), "ro host file").unwrap();
+    // 3 MiB and a bit: requests of the largest size (1 MiB) and a partial one.
+    let big: Vec<u8> = (0..(3 << 20) + 4321u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(rw.join("big"), &big).unwrap();
+    // A host file outside the shares, and symlinks to it from inside one: the guest resolves
+    // them in its own namespace, where /etc/outside is the guest's file.
+    std::fs::write(dir.path().join("outside"), "HOST SECRET").unwrap();
+    std::os::unix::fs::symlink("../outside", rw.join("up")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("outside"), rw.join("abs")).unwrap();
+
+    let initramfs = busybox_initramfs_with(
+        dir.path(),
+        &["mnt", "tmp", "etc"],
+        FS_INIT,
+        &[
+            "sh", "mount", "umount", "mkdir", "cat", "cp", "touch", "rm", "reboot",
+        ],
+        &[("etc/outside", b"guest file")],
+    );
+    let rw_arg = format!("tag=rwshare,path={}", rw.display());
+    let ro_arg = format!("tag=roshare,path={},ro", ro.display());
+    let console = run_device_guest(
+        dir.path(),
+        &initramfs,
+        &[
+            "--fs".as_ref(),
+            rw_arg.as_ref(),
+            "--fs".as_ref(),
+            ro_arg.as_ref(),
+        ],
+        "FS-TEST-DONE",
+    );
+
+    assert!(console.contains("rw mounted"), "{console}");
+    assert!(console.contains("ro mounted"), "{console}");
+    // The guest reads the host's files and its writes reach the host.
+    assert!(console.contains("rw read: rw host file"), "{console}");
+    assert!(console.contains("rw write-status=0"), "{console}");
+    assert!(console.contains("rw mkdir-status=0"), "{console}");
+    assert!(console.contains("rw copy-status=0"), "{console}");
+    assert_eq!(
+        std::fs::read_to_string(rw.join("from-guest")).unwrap(),
+        "from the guest\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("dir/f")).unwrap(),
+        "nested\n"
+    );
+    assert!(
+        std::fs::read(rw.join("big.copy")).unwrap() == big,
+        "the copy of big differs"
+    );
+    // The mode the guest asked for (0666 less its umask 0002), not the VMM's umask.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(rw.join("mode664"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o664, "{mode:o}");
+
+    // The read-only share reads, and refuses every change with EROFS.
+    assert!(console.contains("ro read: ro host file"), "{console}");
+    for op in ["create", "append", "mkdir", "rm"] {
+        let line = console
+            .lines()
+            .find(|l| l.starts_with(&format!("ro {op}-status=")))
+            .unwrap_or_else(|| panic!("no ro {op} line: {console}"));
+        assert!(!line.contains("status=0"), "{line}");
+        assert!(line.contains("Read-only file system"), "{line}");
+    }
+    assert!(!ro.join("new").exists() && !ro.join("dir").exists());
+    assert_eq!(
+        std::fs::read_to_string(ro.join("from-host")).unwrap(),
+        "ro host file"
+    );
+
+    // Symlinks out of the share never reach the host's file.
+    assert!(!console.contains("HOST SECRET"), "{console}");
+    assert!(console.contains("escape abs: cat: can't open"), "{console}");
+    assert!(console.contains("escape up: cat: can't open"), "{console}");
+    assert!(console.contains("guest-only file: guest file"), "{console}");
+    assert!(console.contains("unmounted"), "{console}");
 }

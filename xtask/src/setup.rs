@@ -10,6 +10,7 @@ mod kconfig;
 mod kernel;
 mod packages;
 mod rootfs;
+mod virtiofsd;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,6 +25,9 @@ const KERNEL_FRAGMENT: &str = "guest-kernel/guest.config";
 const INITRAMFS_LIST: &str = "rootfs-image/initramfs.list";
 /// Where the current artifacts are linked, relative to the workspace.
 const GUEST_DIR: &str = "target/guest";
+/// Where host tools built by setup are linked (virtiofsd, for the QEMU peer), relative to the
+/// workspace.
+pub const TOOLS_DIR: &str = "target/tools";
 
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct Args {
@@ -108,5 +112,17 @@ pub fn ensure_guest(args: &Args) -> Result<GuestArtifacts> {
     cache::link(&initramfs.cpio, &a.initramfs)?;
     cache::link(&initramfs.rootfs, &a.rootfs)?;
     cache::link(&initramfs.agent, &a.agent)?;
+
+    let virtiofsd = virtiofsd::ensure(&cache)?;
+    println!(
+        "virtiofsd {}: {}",
+        virtiofsd::VERSION,
+        if virtiofsd.built {
+            "installed"
+        } else {
+            "cached"
+        }
+    );
+    cache::link(&virtiofsd.binary, &root.join(TOOLS_DIR).join("virtiofsd"))?;
     Ok(a)
 }

@@ -348,7 +348,10 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert_ne!(after, before, "returned before the exec");
-        assert!(waited >= std::time::Duration::from_millis(250), "{waited:?}");
+        assert!(
+            waited >= std::time::Duration::from_millis(250),
+            "{waited:?}"
+        );
         assert!(waited < EXEC_WAIT, "{waited:?}");
         // A process that is gone ends the wait at once.
         let begin = std::time::Instant::now();

@@ -201,11 +201,20 @@ impl ApiServer {
         if !was_paused {
             vcpu::pause_vcpus(&self.vm.control, &self.vm.vcpus, &self.vm.exit);
         }
+        let gate = self
+            .vm
+            .devices
+            .lock()
+            .expect("devices poisoned")
+            .memory_gate();
+        let quiet = gate.write().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the ranges are this VM's guest RAM (anonymous, or the kernel and initrd files
         // mapped private, never changed in place: docs/vmm-api.md) and its pmem regions (files
-        // mapped private read-only, or shared); the vCPUs are paused and the devices run on this
-        // thread, so nothing writes guest memory while the trim runs.
+        // mapped private read-only, or shared); the vCPUs are paused, the event loop's devices
+        // run on this thread and the device threads wait at the gate, so nothing writes guest
+        // memory while the trim runs.
         let result = unsafe { trim::trim(&self.vm.guest_ranges) };
+        drop(quiet);
         if !was_paused {
             vcpu::resume_vcpus(&self.vm.control);
         }

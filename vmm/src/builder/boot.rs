@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::load_cmdline;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryRegion};
 
 use crate::arch::kernel::load_pvh_elf;
 use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, MMIO_GAP_START, PAGE_SIZE};

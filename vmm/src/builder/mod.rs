@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestMemory, GuestMemoryRegion};
 
 use crate::arch::kernel::KernelError;
 use crate::arch::mptable::MptableError;
@@ -26,6 +26,7 @@ use crate::device_manager::mmio::MmioError;
 use crate::devices::legacy::SerialInput;
 use crate::devices::virtio::balloon::BalloonError;
 use crate::devices::virtio::block::BlockError;
+use crate::devices::virtio::fs::FsError;
 use crate::devices::virtio::net::NetError;
 use crate::devices::virtio::pmem::{BackingError, PmemError};
 use crate::devices::virtio::vsock::VsockError;
@@ -89,6 +90,8 @@ pub enum BuildError {
     Pmem { path: PathBuf, source: PmemError },
     #[error("--pmem {}: {source}", path.display())]
     PmemSlot { path: PathBuf, source: VmError },
+    #[error("--fs {}: {source}", path.display())]
+    Fs { path: PathBuf, source: FsError },
     #[error("--vsock {}: {source}", path.display())]
     Vsock { path: PathBuf, source: VsockError },
     #[error("--net {tap}: {source}")]

@@ -9,9 +9,11 @@ use crate::config::VmConfig;
 use crate::device_manager::mmio::{MmioDeviceManager, MmioError};
 use crate::devices::virtio::balloon::{self, Balloon};
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::{Fs, Share};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::pmem::{Pmem, PmemBacking};
 use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::GuestMemoryGate;
 use crate::devices::Bus;
 use crate::event_loop::EventLoop;
 use crate::vstate::memory::GuestMemoryMmap;
@@ -29,6 +31,8 @@ pub struct VirtioDevices {
     blocks: Vec<Arc<Mutex<Block>>>,
     /// Dropping one unmaps its region.
     pmem_backings: Vec<PmemBacking>,
+    /// What keeps the device threads from writing guest memory (`trim`).
+    memory_gate: GuestMemoryGate,
 }
 
 impl VirtioDevices {
@@ -41,6 +45,11 @@ impl VirtioDevices {
                 len: b.region_len() as usize,
             })
             .collect()
+    }
+
+    /// Held exclusively, no device thread writes guest memory.
+    pub fn memory_gate(&self) -> GuestMemoryGate {
+        self.memory_gate.clone()
     }
 
     /// Flushes every block device to its backing file.
@@ -58,7 +67,8 @@ impl VirtioDevices {
 const PMEM_FIRST_SLOT: u32 = 8;
 
 /// Step 4: virtio-mmio devices from the configuration: block devices in order, then pmem
-/// devices in order, then vsock, then the NICs in order, then the balloon.
+/// devices in order, then vsock, then the NICs in order, then the balloon, then virtio-fs
+/// shares in order.
 pub fn attach_virtio_devices(
     config: &VmConfig,
     vm: &Vm,
@@ -120,11 +130,23 @@ pub fn attach_virtio_devices(
         bus.place(Arc::new(Mutex::new(balloon)))
             .map_err(BuildError::BalloonPlacement)?;
     }
+    let memory_gate = GuestMemoryGate::default();
+    for f in &config.fs {
+        let fs_err = |source| BuildError::Fs {
+            path: f.path.clone(),
+            source,
+        };
+        let share = Share::open(&f.path, f.read_only).map_err(|e| fs_err(e.into()))?;
+        let fs = Fs::new(&f.tag, share, memory_gate.clone()).map_err(fs_err)?;
+        bus.place(Arc::new(Mutex::new(fs)))
+            .map_err(placement("--fs", &f.path))?;
+    }
     let manager = bus.manager;
     Ok(VirtioDevices {
         cmdline: manager.cmdline_entries(),
         blocks,
         pmem_backings,
+        memory_gate,
     })
 }
 

@@ -38,6 +38,11 @@ pub struct Cli {
     /// (repeatable; the guest sees /dev/pmem0, ... and can mount it with DAX).
     #[arg(long, value_name = "PATH[,ro]")]
     pub pmem: Vec<String>,
+    /// A virtio-fs device sharing a host directory, which the guest mounts with
+    /// `mount -t virtiofs TAG DIR`: `tag=TAG,path=DIR[,ro]` (repeatable; `ro` refuses every
+    /// change with EROFS).
+    #[arg(long, value_name = "tag=TAG,path=DIR[,ro]")]
+    pub fs: Vec<String>,
     /// A virtio-vsock device: `CID,UDS_PATH`.
     #[arg(long, value_name = "CID,PATH")]
     pub vsock: Option<String>,

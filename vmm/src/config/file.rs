@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub block: Vec<FileBlock>,
     #[serde(default)]
     pub pmem: Vec<FileBlock>,
+    #[serde(default)]
+    pub fs: Vec<super::FileFs>,
     pub vsock: Option<FileVsock>,
     #[serde(default)]
     pub net: Vec<super::FileNet>,

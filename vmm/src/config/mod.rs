@@ -3,6 +3,7 @@
 
 mod cli;
 mod file;
+mod fs;
 mod net;
 mod parse;
 #[cfg(test)]
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 
 pub use cli::Cli;
 pub use file::{FileBlock, FileConfig, FileVsock};
+pub use fs::FileFs;
 pub use net::{parse_mac, FileNet, NetConfig, TapSource};
 use parse::{
     check_file, check_memory, check_vcpus, check_vsock, disks, invalid, parse_serial, parse_u64,
@@ -63,6 +65,14 @@ pub struct BlockConfig {
 /// A file-backed virtio-pmem device (same shape as a disk: a file, maybe read-only).
 pub type PmemConfig = BlockConfig;
 
+/// A virtio-fs share: a host directory the guest mounts by its tag (docs/virtio-fs.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsConfig {
+    pub tag: String,
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
 /// The virtio-vsock device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsockConfig {
@@ -81,6 +91,7 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     pub blocks: Vec<BlockConfig>,
     pub pmems: Vec<PmemConfig>,
+    pub fs: Vec<FsConfig>,
     pub vsock: Option<VsockConfig>,
     /// virtio-net devices, in order (eth0, eth1, ... in the guest).
     pub nets: Vec<NetConfig>,
@@ -149,6 +160,7 @@ impl VmConfig {
 
         let blocks = disks(cli.block, file.block, ("block", "block"))?;
         let pmems = disks(cli.pmem, file.pmem, ("pmem", "pmem"))?;
+        let fs = fs::shares(cli.fs, file.fs)?;
 
         let vsock = match (cli.vsock, file.vsock) {
             (Some(text), _) => Some(parse_vsock(&text, Origin::Flag("vsock"))?),
@@ -183,6 +195,7 @@ impl VmConfig {
             serial,
             blocks,
             pmems,
+            fs,
             vsock,
             nets,
             api_sock,

@@ -65,6 +65,17 @@ pub fn write_initramfs(path: &Path, entries: &[(String, Node<'_>)]) {
 /// /dev/console, /bin/busybox (the host's static one) linked as each of `applets`, and `init`
 /// as /init. Returns its path.
 pub fn busybox_initramfs(dir: &Path, dirs: &[&str], init: &str, applets: &[&str]) -> PathBuf {
+    busybox_initramfs_with(dir, dirs, init, applets, &[])
+}
+
+/// `busybox_initramfs` with `files` (path, content) added.
+pub fn busybox_initramfs_with(
+    dir: &Path,
+    dirs: &[&str],
+    init: &str,
+    applets: &[&str],
+    files: &[(&str, &[u8])],
+) -> PathBuf {
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static at /bin/busybox");
     let mut entries: Vec<(String, Node<'_>)> = ["bin", "dev"]
         .iter()
@@ -77,6 +88,9 @@ pub fn busybox_initramfs(dir: &Path, dirs: &[&str], init: &str, applets: &[&str]
     entries.push(("init".into(), Node::File(init.as_bytes())));
     for applet in applets {
         entries.push((format!("bin/{applet}"), Node::Symlink("busybox")));
+    }
+    for (name, content) in files {
+        entries.push((name.to_string(), Node::File(content)));
     }
     let path = dir.join("initramfs.cpio");
     write_initramfs(&path, &entries);

@@ -32,6 +32,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "umoci",
     // protoc, for the CRI client's generated code (k8s-cri) in the containerd tests.
     "protobuf-compiler",
+    // virtiofsd (cargo install, setup/virtiofsd.rs) links them: QEMU's virtio-fs backend.
+    "libseccomp-dev",
+    "libcap-ng-dev",
+    "pkg-config",
 ];
 
 /// Returns the packages of `wanted` that dpkg does not list as installed.

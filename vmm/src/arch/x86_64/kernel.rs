@@ -11,13 +11,19 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::mem::size_of;
 
-use linux_loader::elf::{
-    Elf64_Ehdr, Elf64_Nhdr, Elf64_Phdr, EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, ELFMAG0,
-    ELFMAG1, ELFMAG2, ELFMAG3, EM_X86_64, PT_LOAD, PT_NOTE,
-};
+use linux_loader::elf::{elf64_hdr, elf64_note, elf64_phdr, PT_LOAD, PT_NOTE};
 use vm_memory::{ByteValued, GuestAddress};
 
 use super::layout::HIMEM_START;
+
+// The ELF identification and machine this loader accepts (ELF-64 object file format): the
+// linux-loader 0.13 bindings type these inconsistently (u32 indices, a u32 first magic byte).
+const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
+const EI_CLASS: usize = 4;
+const EI_DATA: usize = 5;
+const ELFCLASS64: u8 = 2;
+const ELFDATA2LSB: u8 = 1;
+const EM_X86_64: u16 = 62;
 use crate::vstate::memory::{map_or_copy_file, FileMapError, GuestMemoryMmap};
 
 /// The note type of the 32-bit PVH entry point, under the name "Xen".
@@ -68,7 +74,7 @@ pub struct LoadedKernel {
 pub fn load_pvh_elf(mem: &GuestMemoryMmap, file: &File) -> Result<LoadedKernel, KernelError> {
     let mut f = file;
     let file_len = file.metadata()?.len();
-    let ehdr: Elf64_Ehdr = read_obj(&mut f, 0).map_err(|e| match e.kind() {
+    let ehdr: elf64_hdr = read_obj(&mut f, 0).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => KernelError::NotElf,
         _ => KernelError::Read(e),
     })?;
@@ -76,8 +82,8 @@ pub fn load_pvh_elf(mem: &GuestMemoryMmap, file: &File) -> Result<LoadedKernel, 
 
     let mut phdrs = Vec::with_capacity(ehdr.e_phnum.into());
     for i in 0..u64::from(ehdr.e_phnum) {
-        let at = ehdr.e_phoff + i * size_of::<Elf64_Phdr>() as u64;
-        let phdr: Elf64_Phdr = read_obj(&mut f, at)
+        let at = ehdr.e_phoff + i * size_of::<elf64_phdr>() as u64;
+        let phdr: elf64_phdr = read_obj(&mut f, at)
             .map_err(|_| KernelError::BadHeaders("past the end of the file"))?;
         phdrs.push(phdr);
     }
@@ -131,8 +137,8 @@ pub fn load_pvh_elf(mem: &GuestMemoryMmap, file: &File) -> Result<LoadedKernel, 
     })
 }
 
-fn check_header(h: &Elf64_Ehdr) -> Result<(), KernelError> {
-    if h.e_ident[..4] != [ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3] {
+fn check_header(h: &elf64_hdr) -> Result<(), KernelError> {
+    if h.e_ident[..4] != ELF_MAGIC {
         return Err(KernelError::NotElf);
     }
     if h.e_ident[EI_CLASS] != ELFCLASS64
@@ -141,20 +147,20 @@ fn check_header(h: &Elf64_Ehdr) -> Result<(), KernelError> {
     {
         return Err(KernelError::WrongKind);
     }
-    if usize::from(h.e_phentsize) != size_of::<Elf64_Phdr>() {
+    if usize::from(h.e_phentsize) != size_of::<elf64_phdr>() {
         return Err(KernelError::BadHeaders("wrong entry size"));
     }
     if h.e_phnum == 0 || h.e_phnum > MAX_PHDRS {
         return Err(KernelError::BadHeaders("wrong number of entries"));
     }
-    if h.e_phoff < size_of::<Elf64_Ehdr>() as u64 {
+    if h.e_phoff < size_of::<elf64_hdr>() as u64 {
         return Err(KernelError::BadHeaders("overlaps the ELF header"));
     }
     Ok(())
 }
 
 /// The entry point from a note segment, if it holds the PVH note.
-fn pvh_entry(f: &mut &File, p: &Elf64_Phdr) -> Result<Option<GuestAddress>, KernelError> {
+fn pvh_entry(f: &mut &File, p: &elf64_phdr) -> Result<Option<GuestAddress>, KernelError> {
     if p.p_filesz > MAX_NOTES {
         return Err(KernelError::BadHeaders("note segment too large"));
     }
@@ -163,11 +169,11 @@ fn pvh_entry(f: &mut &File, p: &Elf64_Phdr) -> Result<Option<GuestAddress>, Kern
     f.read_exact(&mut notes)?;
     let align4 = |n: u32| (n as usize).next_multiple_of(4);
     let mut at = 0;
-    while at + size_of::<Elf64_Nhdr>() <= notes.len() {
-        let hdr = Elf64_Nhdr::from_slice(&notes[at..at + size_of::<Elf64_Nhdr>()])
+    while at + size_of::<elf64_note>() <= notes.len() {
+        let hdr = elf64_note::from_slice(&notes[at..at + size_of::<elf64_note>()])
             .copied()
             .unwrap_or_default();
-        let name_at = at + size_of::<Elf64_Nhdr>();
+        let name_at = at + size_of::<elf64_note>();
         let desc_at = name_at + align4(hdr.n_namesz);
         let next = desc_at + align4(hdr.n_descsz);
         if next > notes.len() {
@@ -194,7 +200,7 @@ fn read_obj<T: ByteValued + Default>(f: &mut &File, at: u64) -> std::io::Result<
 
 /// First address past the highest guest memory region.
 fn mem_end(mem: &GuestMemoryMmap) -> u64 {
-    use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
+    use vm_memory::{Address, GuestMemory, GuestMemoryRegion};
     mem.iter()
         .map(|r| r.last_addr().raw_value() + 1)
         .max()
@@ -232,22 +238,22 @@ mod tests {
 
         let (notes_off, text_off, data_off) = (0x200usize, PAGE, PAGE + text_len + 7);
         let mut image = vec![0u8; data_off + 3];
-        let mut ehdr = Elf64_Ehdr::default();
-        ehdr.e_ident[..4].copy_from_slice(&[ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3]);
+        let mut ehdr = elf64_hdr::default();
+        ehdr.e_ident[..4].copy_from_slice(&ELF_MAGIC);
         ehdr.e_ident[EI_CLASS] = ELFCLASS64;
         ehdr.e_ident[EI_DATA] = ELFDATA2LSB;
         ehdr.e_machine = EM_X86_64;
-        ehdr.e_phoff = size_of::<Elf64_Ehdr>() as u64;
-        ehdr.e_phentsize = size_of::<Elf64_Phdr>() as u16;
+        ehdr.e_phoff = size_of::<elf64_hdr>() as u64;
+        ehdr.e_phentsize = size_of::<elf64_phdr>() as u16;
         ehdr.e_phnum = 3;
-        image[..size_of::<Elf64_Ehdr>()].copy_from_slice(ehdr.as_slice());
+        image[..size_of::<elf64_hdr>()].copy_from_slice(ehdr.as_slice());
         let phdrs = [
             (PT_NOTE, notes_off, 0, notes.len(), notes.len()),
             (PT_LOAD, text_off, TEXT_AT, text_len, text_len),
             (PT_LOAD, data_off, DATA_AT, 3, 5003),
         ];
         for (i, (kind, off, addr, filesz, memsz)) in phdrs.into_iter().enumerate() {
-            let p = Elf64_Phdr {
+            let p = elf64_phdr {
                 p_type: kind,
                 p_offset: off as u64,
                 p_paddr: addr,
@@ -256,8 +262,8 @@ mod tests {
                 p_memsz: memsz as u64,
                 ..Default::default()
             };
-            let at = size_of::<Elf64_Ehdr>() + i * size_of::<Elf64_Phdr>();
-            image[at..at + size_of::<Elf64_Phdr>()].copy_from_slice(p.as_slice());
+            let at = size_of::<elf64_hdr>() + i * size_of::<elf64_phdr>();
+            image[at..at + size_of::<elf64_phdr>()].copy_from_slice(p.as_slice());
         }
         image[notes_off..notes_off + notes.len()].copy_from_slice(&notes);
         for (i, b) in image[text_off..text_off + text_len].iter_mut().enumerate() {

@@ -6,7 +6,7 @@ use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryRegion};
 
 use super::layout::{
     CMDLINE_START, EBDA_START, HIMEM_START, MEMMAP_START, MODLIST_START, PVH_INFO_START,

@@ -34,6 +34,8 @@ pub enum ActivateError {
     AlreadyActive,
     #[error("cannot signal the device's activation eventfd: {0}")]
     ActivateEvent(std::io::Error),
+    #[error("cannot start the device's thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Errors of returning buffers to the guest: the used ring, or the interrupt.

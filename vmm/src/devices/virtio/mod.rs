@@ -6,6 +6,7 @@
 pub mod balloon;
 pub mod block;
 mod common;
+pub mod fs;
 mod interrupt;
 pub mod mmio;
 pub mod net;
@@ -24,6 +25,11 @@ pub use mmio::MmioTransport;
 
 /// The guest memory type every device works on.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// Held shared by the device threads (virtio-fs workers) while they write guest memory, and
+/// exclusively by what needs guest memory to stay still without them (the API's `trim`, with
+/// the vCPUs paused and the event loop's devices on its own thread).
+pub type GuestMemoryGate = std::sync::Arc<std::sync::RwLock<()>>;
 
 /// A virtio device, independent of the transport that exposes it.
 ///

@@ -4,9 +4,7 @@
 //! initrd file is mapped into guest memory (vstate::memory::map_or_copy_file), the file's
 //! page again: either is fine for pages the guest declared free.
 
-use vm_memory::{
-    Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
-};
+use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::arch::layout::PAGE_SIZE;
 use crate::devices::virtio::GuestMemoryMmap;

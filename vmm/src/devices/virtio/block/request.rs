@@ -6,7 +6,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory};
 
 use super::{status, SECTOR_SIZE, SEG_MAX};
 use crate::devices::virtio::GuestMemoryMmap;
@@ -124,7 +124,7 @@ impl Request {
         if !last.is_write_only() {
             return reject(RequestError::StatusNotWritable(last.addr().0), None);
         }
-        if last.len() == 0 || !mem.check_range(last.addr(), 1, Permissions::Write) {
+        if last.len() == 0 || !mem.check_range(last.addr(), 1) {
             return reject(RequestError::StatusOutOfMemory(last.addr().0), None);
         }
         let status_addr = Some(last.addr());
@@ -175,7 +175,7 @@ impl Request {
                 if d.len() == 0 {
                     return reject(RequestError::DataZeroLength { index }, status_addr);
                 }
-                if !mem.check_range(d.addr(), d.len() as usize, Permissions::ReadWrite) {
+                if !mem.check_range(d.addr(), d.len() as usize) {
                     return reject(
                         RequestError::DataOutOfMemory {
                             addr: d.addr().0,
@@ -508,7 +508,7 @@ mod tests {
             if let Ok(req) = Request::parse(chain, CAPACITY) {
                 accepted += 1;
                 for (addr, len) in &req.data {
-                    assert!(mem.check_range(*addr, *len as usize, Permissions::ReadWrite));
+                    assert!(mem.check_range(*addr, *len as usize));
                 }
                 if matches!(req.request_type, RequestType::In | RequestType::Out) {
                     let total: u64 = req.data.iter().map(|d| u64::from(d.1)).sum();

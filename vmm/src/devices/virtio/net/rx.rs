@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use tracing::{debug, warn};
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use super::backend::NetBackend;
 use super::device::NetStats;
@@ -299,7 +299,7 @@ impl Rx {
             if d.len() == 0 {
                 continue;
             }
-            if !mem.check_range(d.addr(), d.len() as usize, Permissions::Write) {
+            if !mem.check_range(d.addr(), d.len() as usize) {
                 return Err(RxChainError::OutOfMemory {
                     addr: d.addr().0,
                     len: d.len(),

@@ -3,7 +3,7 @@
 
 use tracing::{debug, warn};
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{GuestMemoryBackend, VolatileSlice};
+use vm_memory::{GuestMemory, VolatileSlice};
 
 use super::backend::NetBackend;
 use super::device::NetStats;

@@ -3,7 +3,7 @@
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use super::REQ_TYPE_FLUSH;
 use crate::devices::virtio::GuestMemoryMmap;
@@ -64,9 +64,7 @@ impl FlushRequest {
         if !resp.is_write_only() {
             return reject(RequestError::ResponseNotWritable(resp.addr().0), None);
         }
-        if resp.len() < FIELD_LEN
-            || !mem.check_range(resp.addr(), FIELD_LEN as usize, Permissions::Write)
-        {
+        if resp.len() < FIELD_LEN || !mem.check_range(resp.addr(), FIELD_LEN as usize) {
             return reject(
                 RequestError::BadResponse {
                     addr: resp.addr().0,
